@@ -1,0 +1,348 @@
+//! The hyper-synthesis `h_s` in integer arithmetic.
+//!
+//! `h_s` chooses the probability table of every latent symbol, so the encoder and the
+//! decoder must compute exactly the same thing on every machine, thread count and SIMD path.
+//! The network is trained in floats and converted once, at export, to fixed point: weights
+//! as integers with a power-of-two scale per output channel, activations with
+//! [`FRAC_BITS`] fractional bits, 64-bit accumulation, round-half-up shifts and a clipped
+//! ReLU. Integer addition is associative, so the result does not depend on the order in
+//! which threads add the terms.
+
+use rayon::prelude::*;
+
+/// Fractional bits of the fixed-point activations (1.0 = 4096).
+pub const FRAC_BITS: u32 = 12;
+/// Activations are clipped to ±`ACT_LIMIT` (±4096.0) so that no accumulator overflows.
+pub const ACT_LIMIT: i64 = 1 << 24;
+/// Hyper-latent symbols are clipped to ±`Z_LIMIT` before entering the network.
+pub const Z_LIMIT: i32 = 1 << 12;
+/// Largest magnitude of an integer weight.
+pub const WEIGHT_LIMIT: i32 = (1 << 15) - 1;
+
+/// The two kinds of layer `h_s` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntConvKind {
+    /// 5x5 transposed convolution, stride 2, padding 2, output padding 1 (doubles H and W).
+    Up5x5,
+    /// 3x3 convolution, stride 1, padding 1.
+    Same3x3,
+}
+
+impl IntConvKind {
+    /// The kernel size.
+    pub fn kernel(self) -> usize {
+        match self {
+            IntConvKind::Up5x5 => 5,
+            IntConvKind::Same3x3 => 3,
+        }
+    }
+
+    /// A stable code for serialisation.
+    pub fn code(self) -> u8 {
+        match self {
+            IntConvKind::Up5x5 => 0,
+            IntConvKind::Same3x3 => 1,
+        }
+    }
+
+    /// The kind with serialisation code `code`.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(IntConvKind::Up5x5),
+            1 => Some(IntConvKind::Same3x3),
+            _ => None,
+        }
+    }
+}
+
+/// One integer convolution layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntConv {
+    pub kind: IntConvKind,
+    pub c_in: usize,
+    pub c_out: usize,
+    /// Weights, layout [c_out][c_in][k][k].
+    pub weight: Vec<i32>,
+    /// Per output channel: the weight scale is 2^shift.
+    pub shift: Vec<u8>,
+    /// Per output channel, scaled by 2^(shift + FRAC_BITS).
+    pub bias: Vec<i64>,
+}
+
+impl IntConv {
+    /// Convert float weights, given in burn's layout: [c_in][c_out][k][k] for a transposed
+    /// convolution, [c_out][c_in][k][k] for a convolution.
+    pub fn from_float(kind: IntConvKind, c_in: usize, c_out: usize, weight: &[f32], bias: &[f32]) -> Self {
+        let k = kind.kernel();
+        assert_eq!(weight.len(), c_in * c_out * k * k, "weight size");
+        assert_eq!(bias.len(), c_out, "bias size");
+        let at = |o: usize, i: usize, t: usize| match kind {
+            IntConvKind::Up5x5 => weight[(i * c_out + o) * k * k + t],
+            IntConvKind::Same3x3 => weight[(o * c_in + i) * k * k + t],
+        };
+        let mut w = vec![0i32; c_out * c_in * k * k];
+        let mut shift = vec![0u8; c_out];
+        let mut b = vec![0i64; c_out];
+        for o in 0..c_out {
+            let max = (0..c_in * k * k).map(|j| at(o, j / (k * k), j % (k * k)).abs()).fold(0f32, f32::max);
+            let mut s = 0u32;
+            while s < 30 && (max as f64) * 2f64.powi(s as i32 + 1) <= WEIGHT_LIMIT as f64 {
+                s += 1;
+            }
+            shift[o] = s as u8;
+            let scale = 2f64.powi(s as i32);
+            for i in 0..c_in {
+                for t in 0..k * k {
+                    w[(o * c_in + i) * k * k + t] = (at(o, i, t) as f64 * scale).round() as i32;
+                }
+            }
+            b[o] = (bias[o] as f64 * scale * 2f64.powi(FRAC_BITS as i32)).round() as i64;
+        }
+        IntConv { kind, c_in, c_out, weight: w, shift, bias: b }
+    }
+
+    /// Check the shapes and ranges that `forward` relies on.
+    pub fn validate(&self) -> bool {
+        let k = self.kind.kernel();
+        self.weight.len() == self.c_out * self.c_in * k * k
+            && self.shift.len() == self.c_out
+            && self.bias.len() == self.c_out
+            && self.shift.iter().all(|&s| s <= 30)
+            && self.weight.iter().all(|w| w.abs() <= WEIGHT_LIMIT)
+            && self.bias.iter().all(|b| b.abs() < 1 << 60)
+    }
+
+    /// Output height and width for an input of `h` x `w`.
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        match self.kind {
+            IntConvKind::Up5x5 => (2 * h, 2 * w),
+            IntConvKind::Same3x3 => (h, w),
+        }
+    }
+
+    /// Apply the layer to `input` ([c_in][h][w], fixed point); `relu` clips negatives.
+    pub fn forward(&self, input: &[i32], h: usize, w: usize, relu: bool) -> Vec<i32> {
+        assert_eq!(input.len(), self.c_in * h * w, "input size");
+        let (ho, wo) = self.out_size(h, w);
+        let k = self.kind.kernel();
+        let mut out = vec![0i32; self.c_out * ho * wo];
+        out.par_chunks_mut(ho * wo).enumerate().for_each(|(o, plane)| {
+            let mut acc = vec![0i64; ho * wo];
+            for i in 0..self.c_in {
+                let src = &input[i * h * w..(i + 1) * h * w];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let wv = self.weight[((o * self.c_in + i) * k + ky) * k + kx] as i64;
+                        if wv == 0 {
+                            continue;
+                        }
+                        match self.kind {
+                            IntConvKind::Up5x5 => {
+                                // out[2*iy - 2 + ky][2*ix - 2 + kx] += w * in[iy][ix]
+                                for iy in 0..h {
+                                    let oy = (2 * iy + ky) as isize - 2;
+                                    if oy < 0 || oy >= ho as isize {
+                                        continue;
+                                    }
+                                    let row = &mut acc[oy as usize * wo..(oy as usize + 1) * wo];
+                                    let srow = &src[iy * w..(iy + 1) * w];
+                                    for (ix, &v) in srow.iter().enumerate() {
+                                        let ox = (2 * ix + kx) as isize - 2;
+                                        if ox >= 0 && ox < wo as isize {
+                                            row[ox as usize] += wv * v as i64;
+                                        }
+                                    }
+                                }
+                            }
+                            IntConvKind::Same3x3 => {
+                                // out[y][x] += w * in[y + ky - 1][x + kx - 1]
+                                for y in 0..ho {
+                                    let sy = (y + ky) as isize - 1;
+                                    if sy < 0 || sy >= h as isize {
+                                        continue;
+                                    }
+                                    let row = &mut acc[y * wo..(y + 1) * wo];
+                                    let srow = &src[sy as usize * w..(sy as usize + 1) * w];
+                                    let x0 = if kx == 0 { 1 } else { 0 };
+                                    let x1 = if kx == 2 { wo - 1 } else { wo };
+                                    for x in x0..x1 {
+                                        row[x] += wv * srow[x + kx - 1] as i64;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let s = self.shift[o] as u32;
+            let bias = self.bias[o];
+            let half = if s > 0 { 1i64 << (s - 1) } else { 0 };
+            let lo = if relu { 0 } else { -ACT_LIMIT };
+            for (dst, &a) in plane.iter_mut().zip(&acc) {
+                let v = (a + bias + half) >> s;
+                *dst = v.clamp(lo, ACT_LIMIT) as i32;
+            }
+        });
+        out
+    }
+}
+
+/// The mean-scale hyper-synthesis: Up5x5 + ReLU, Up5x5 + ReLU, Same3x3 → 2M channels
+/// (scales first, then means), all in fixed point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntHyperSynthesis {
+    pub layers: Vec<IntConv>,
+    /// Scale thresholds in fixed point: a latent element takes the first table index whose
+    /// threshold is ≥ its predicted scale (the last index when none is).
+    pub scale_thresholds: Vec<i64>,
+}
+
+/// What `h_s` predicts for every element of the latent: a mean in fixed point and the
+/// index of the Gaussian table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prediction {
+    pub means: Vec<i32>,
+    pub table: Vec<u16>,
+}
+
+impl IntHyperSynthesis {
+    /// Fixed-point thresholds for a scale table.
+    pub fn thresholds(scales: &[f64]) -> Vec<i64> {
+        scales.iter().map(|&s| (s * (1u64 << FRAC_BITS) as f64).ceil() as i64).collect()
+    }
+
+    /// Whether layer shapes chain and the thresholds are usable.
+    pub fn validate(&self) -> bool {
+        self.layers.len() == 3
+            && self.layers.iter().all(IntConv::validate)
+            && self.layers.windows(2).all(|p| p[0].c_out == p[1].c_in)
+            && self.layers[2].c_out % 2 == 0
+            && !self.scale_thresholds.is_empty()
+            && self.scale_thresholds.len() <= u16::MAX as usize
+            && self.scale_thresholds.windows(2).all(|p| p[0] <= p[1])
+    }
+
+    /// Number of latent channels (M) it predicts.
+    pub fn latent_channels(&self) -> usize {
+        self.layers[2].c_out / 2
+    }
+
+    /// Run on integer hyper-latent symbols `z` ([N][zh][zw]).
+    pub fn forward(&self, z: &[i32], zh: usize, zw: usize) -> Prediction {
+        let x: Vec<i32> = z.iter().map(|&v| v.clamp(-Z_LIMIT, Z_LIMIT) << FRAC_BITS).collect();
+        let (h1, w1) = self.layers[0].out_size(zh, zw);
+        let x = self.layers[0].forward(&x, zh, zw, true);
+        let (h2, w2) = self.layers[1].out_size(h1, w1);
+        let x = self.layers[1].forward(&x, h1, w1, true);
+        let x = self.layers[2].forward(&x, h2, w2, false);
+        let m = self.latent_channels();
+        let plane = h2 * w2;
+        let (scales, means) = x.split_at(m * plane);
+        let last = self.scale_thresholds.len() - 1;
+        let table = scales
+            .iter()
+            .map(|&s| self.scale_thresholds.partition_point(|&t| t < s as i64).min(last) as u16)
+            .collect();
+        Prediction { means: means.to_vec(), table }
+    }
+}
+
+/// A fixed-point mean as a float.
+pub fn fixed_to_f32(v: i32) -> f32 {
+    v as f32 / (1u32 << FRAC_BITS) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+    }
+
+    /// Float reference of a transposed convolution, burn weight layout [c_in][c_out][k][k].
+    fn up_ref(x: &[f32], h: usize, w: usize, wt: &[f32], b: &[f32], ci: usize, co: usize) -> Vec<f32> {
+        let mut out = vec![0f32; co * 4 * h * w];
+        for o in 0..co {
+            for oy in 0..2 * h {
+                for ox in 0..2 * w {
+                    let mut acc = b[o] as f64;
+                    for i in 0..ci {
+                        for iy in 0..h {
+                            for ix in 0..w {
+                                let (ky, kx) = (oy as isize + 2 - 2 * iy as isize, ox as isize + 2 - 2 * ix as isize);
+                                if (0..5).contains(&ky) && (0..5).contains(&kx) {
+                                    acc += wt[((i * co + o) * 5 + ky as usize) * 5 + kx as usize] as f64
+                                        * x[(i * h + iy) * w + ix] as f64;
+                                }
+                            }
+                        }
+                    }
+                    out[(o * 2 * h + oy) * 2 * w + ox] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn transposed_conv_matches_float_reference() {
+        let mut seed = 7;
+        let (ci, co, h, w) = (3, 4, 3, 5);
+        let wt: Vec<f32> = (0..ci * co * 25).map(|_| lcg(&mut seed)).collect();
+        let b: Vec<f32> = (0..co).map(|_| lcg(&mut seed)).collect();
+        let x: Vec<f32> = (0..ci * h * w).map(|_| lcg(&mut seed) * 8.0).collect();
+        let conv = IntConv::from_float(IntConvKind::Up5x5, ci, co, &wt, &b);
+        assert!(conv.validate());
+        let xi: Vec<i32> = x.iter().map(|v| (v * 4096.0).round() as i32).collect();
+        let got = conv.forward(&xi, h, w, false);
+        let want = up_ref(&x, h, w, &wt, &b, ci, co);
+        for (g, r) in got.iter().zip(&want) {
+            assert!((fixed_to_f32(*g) - r).abs() < 2e-3, "{} vs {}", fixed_to_f32(*g), r);
+        }
+    }
+
+    #[test]
+    fn same_conv_matches_float_reference_and_relu_clips() {
+        let mut seed = 11;
+        let (ci, co, h, w) = (2, 3, 4, 3);
+        let wt: Vec<f32> = (0..ci * co * 9).map(|_| lcg(&mut seed)).collect();
+        let b: Vec<f32> = (0..co).map(|_| lcg(&mut seed)).collect();
+        let x: Vec<f32> = (0..ci * h * w).map(|_| lcg(&mut seed) * 4.0).collect();
+        let conv = IntConv::from_float(IntConvKind::Same3x3, ci, co, &wt, &b);
+        let xi: Vec<i32> = x.iter().map(|v| (v * 4096.0).round() as i32).collect();
+        let got = conv.forward(&xi, h, w, false);
+        let relu = conv.forward(&xi, h, w, true);
+        for o in 0..co {
+            for y in 0..h {
+                for xx in 0..w {
+                    let mut acc = b[o] as f64;
+                    for i in 0..ci {
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let (sy, sx) = (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
+                                if sy >= 0 && sy < h as isize && sx >= 0 && sx < w as isize {
+                                    acc += wt[((o * ci + i) * 3 + ky) * 3 + kx] as f64
+                                        * x[(i * h + sy as usize) * w + sx as usize] as f64;
+                                }
+                            }
+                        }
+                    }
+                    let idx = (o * h + y) * w + xx;
+                    assert!((fixed_to_f32(got[idx]) as f64 - acc).abs() < 2e-3);
+                    assert_eq!(relu[idx], got[idx].max(0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_inputs_do_not_overflow() {
+        let wt = vec![1000.0f32; 2 * 2 * 25];
+        let conv = IntConv::from_float(IntConvKind::Up5x5, 2, 2, &wt, &[1e6, -1e6]);
+        let x = vec![i32::MAX; 2 * 2 * 2];
+        let out = conv.forward(&x, 2, 2, false);
+        assert!(out.iter().all(|v| (v.abs() as i64) <= ACT_LIMIT));
+    }
+}

@@ -1,0 +1,74 @@
+use serde::{Deserialize, Serialize};
+
+/// The architecture of a model: travels with the weights (and the training run).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Channels of the hidden layers and of the hyper-latent z.
+    pub n: usize,
+    /// Channels of the latent y (the code size per 16x16 block).
+    pub m: usize,
+    /// Kernel size of the main transforms.
+    #[serde(default = "default_kernel")]
+    pub kernel: usize,
+    /// GDN (true) or ReLU (false) between the main layers.
+    #[serde(default = "default_true")]
+    pub gdn: bool,
+    /// One λ per quality level, ascending: loss = λ·255²·MSE + bpp.
+    pub lambdas: Vec<f64>,
+}
+
+fn default_kernel() -> usize {
+    5
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("invalid model config: {0}")]
+    Invalid(String),
+    #[error("model config: {0}")]
+    Parse(#[from] toml::de::Error),
+}
+
+impl ModelConfig {
+    /// Number of quality levels.
+    pub fn levels(&self) -> usize {
+        self.lambdas.len()
+    }
+
+    /// Parse and check a TOML configuration.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let c: ModelConfig = toml::from_str(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Serialise as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("config serialises")
+    }
+
+    /// Check ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(1..=1024).contains(&self.n) || !(2..=1024).contains(&self.m) || self.m % 2 != 0 {
+            return bad(format!("n = {}, m = {} (1..=1024, m even)", self.n, self.m));
+        }
+        if self.kernel % 2 == 0 || !(3..=9).contains(&self.kernel) {
+            return bad(format!("kernel = {} (odd, 3..=9)", self.kernel));
+        }
+        if self.lambdas.is_empty() || self.lambdas.len() > 64 {
+            return bad(format!("{} quality levels (1..=64)", self.lambdas.len()));
+        }
+        if self.lambdas.windows(2).any(|w| w[0] >= w[1]) || self.lambdas.iter().any(|&l| !(l > 0.0)) {
+            return bad("lambdas must be positive and ascending".into());
+        }
+        Ok(())
+    }
+}

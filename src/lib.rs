@@ -1,0 +1,280 @@
+//! caec: a learned image codec (convolutional autoencoder with a mean-scale hyperprior).
+//!
+//! ```
+//! use image::{DynamicImage, RgbImage};
+//!
+//! let image = DynamicImage::ImageRgb8(RgbImage::from_fn(96, 80, |x, y| {
+//!     image::Rgb([(x * 2) as u8, (y * 3) as u8, 128])
+//! }));
+//! let bytes = caec::compress(&image, &caec::Options::default()).unwrap();
+//! let back = caec::decompress(&bytes, &caec::Limits::default()).unwrap();
+//! assert_eq!((back.width(), back.height()), (96, 80));
+//! assert!(caec::psnr(&image, &back) > 25.0);
+//! ```
+#![forbid(unsafe_code)]
+
+mod pixels;
+
+use std::io::Cursor;
+
+use burn::prelude::*;
+pub use cae_format::{ColourType, FormatError, Header, Limits};
+use cae_format::LatentShape;
+use cae_models::{Model, ModelError};
+use image::DynamicImage;
+pub use pixels::psnr;
+
+/// The quality used when none is given (1-based).
+pub const DEFAULT_QUALITY: u8 = 2;
+
+/// How to compress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Quality level, 1 ..= the model's number of levels (higher is better and larger).
+    pub quality: u8,
+    /// Name of the built-in model.
+    pub model: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { quality: DEFAULT_QUALITY, model: cae_models::DEFAULT_MODEL.to_string() }
+    }
+}
+
+/// Everything that can go wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("file was written by model {0:016x}, which this build of caec does not have")]
+    UnknownModel(u64),
+    #[error("quality {quality} is out of range: this model has levels 1..={levels}")]
+    Quality { quality: u8, levels: usize },
+    #[error("invalid .cae file: {0}")]
+    Inconsistent(String),
+    #[error("corrupted .cae file: {0}")]
+    Entropy(#[from] cae_entropy::EntropyError),
+    #[error("model: {0}")]
+    Model(#[from] ModelError),
+    #[error("image: {0}")]
+    Image(#[from] image::ImageError),
+    #[error("image of {width}x{height} pixels is too large (at most {max} pixels a side)")]
+    TooLarge { width: u32, height: u32, max: u32 },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The largest side `compress` accepts: latent sizes are stored as 16-bit numbers.
+pub const MAX_SIDE: u32 = 1 << 20;
+
+fn device() -> Device {
+    Device::flex()
+}
+
+fn tensor_to_vec(t: Tensor<4>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().expect("float tensor")
+}
+
+/// Load a built-in model by name.
+pub fn load_model(name: &str) -> Result<Model> {
+    Ok(cae_models::load_builtin(name, &device())?)
+}
+
+/// The symbols of a file, as the entropy decoder produced them (for determinism checks).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Symbols {
+    pub z: Vec<i32>,
+    pub y: Vec<i32>,
+    /// Table index of every y symbol, as the integer hyper-synthesis chose it.
+    pub y_tables: Vec<u16>,
+}
+
+/// Compress an image into a `.cae` file.
+pub fn compress(image: &DynamicImage, options: &Options) -> Result<Vec<u8>> {
+    let model = load_model(&options.model)?;
+    compress_with(&model, image, options.quality)
+}
+
+/// Compress with an already loaded model.
+pub fn compress_with(model: &Model, image: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
+    let levels = model.config.levels();
+    if quality == 0 || quality as usize > levels {
+        return Err(Error::Quality { quality, levels });
+    }
+    let (width, height) = (image.width(), image.height());
+    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+        return Err(Error::TooLarge { width, height, max: MAX_SIDE });
+    }
+    let q = quality as usize - 1;
+    let stride = cae_nn::STRIDE;
+    let p = pixels::prepare(image, stride);
+    let (pw, ph) = (p.padded_width, p.padded_height);
+    let dev = device();
+    let x = Tensor::<4>::from_data(TensorData::new(p.planes, [1, 3, ph, pw]), &dev);
+    let y = model.gains.apply(model.analysis.forward(x), &[q]);
+    let z = model.hyper_analysis.forward(y.clone());
+    let [_, m, yh, yw] = y.dims();
+    let [_, n, zh, zw] = z.dims();
+    let y = tensor_to_vec(y);
+    let z_sym: Vec<i32> = tensor_to_vec(z).into_iter().map(cae_quant::to_symbol).collect();
+    let z_tables: Vec<u16> = (0..z_sym.len()).map(|i| (i / (zh * zw)) as u16).collect();
+    let z_stream = model.z_tables.encode(&z_sym, &z_tables)?;
+    let pred = model.hyper_synthesis.forward(&z_sym, zh, zw);
+    let mu: Vec<f32> = pred.means.iter().map(|&v| cae_decoder::fixed_to_f32(v)).collect();
+    let y_sym = cae_quant::quantize(&y, &mu);
+    let y_stream = model.y_tables.encode(&y_sym, &pred.table)?;
+    let alpha_stream = match &p.alpha {
+        Some(a) => {
+            let mut buf = Vec::new();
+            let enc = image::codecs::png::PngEncoder::new_with_quality(
+                Cursor::new(&mut buf),
+                image::codecs::png::CompressionType::Best,
+                image::codecs::png::FilterType::Adaptive,
+            );
+            a.write_with_encoder(enc)?;
+            buf
+        }
+        None => Vec::new(),
+    };
+    let shape = |c: usize, h: usize, w: usize| LatentShape { channels: c as u16, height: h as u16, width: w as u16 };
+    let header = Header {
+        model_id: model.id,
+        quality,
+        colour: p.colour,
+        bit_depth: p.bit_depth,
+        width,
+        height,
+        pad_right: (pw - width as usize) as u8,
+        pad_bottom: (ph - height as usize) as u8,
+        y_shape: shape(m, yh, yw),
+        z_shape: shape(n, zh, zw),
+    };
+    Ok(cae_format::write(&header, &z_stream, &y_stream, &alpha_stream)?)
+}
+
+/// Check the model-dependent header fields before any network runs.
+fn check_against_model(h: &Header, model: &Model) -> Result<()> {
+    let levels = model.config.levels();
+    if h.quality as usize > levels {
+        return Err(Error::Quality { quality: h.quality, levels });
+    }
+    let stride = cae_nn::STRIDE as u64;
+    let (pw, ph) = (h.padded_width(), h.padded_height());
+    let bad = |what: String| Err(Error::Inconsistent(what));
+    if h.pad_right as u64 >= stride || h.pad_bottom as u64 >= stride || pw % stride != 0 || ph % stride != 0 {
+        return bad(format!("padding {}x{} does not fit the model's stride {stride}", h.pad_right, h.pad_bottom));
+    }
+    let expect_y = (model.config.m as u64, ph / 16, pw / 16);
+    let expect_z = (model.config.n as u64, ph / 64, pw / 64);
+    let s = |s: LatentShape| (s.channels as u64, s.height as u64, s.width as u64);
+    if s(h.y_shape) != expect_y || s(h.z_shape) != expect_z {
+        return bad(format!("latent shapes {:?} / {:?} do not match the image size", h.y_shape, h.z_shape));
+    }
+    Ok(())
+}
+
+/// Decode the symbols of a file without running the synthesis network.
+pub fn decode_symbols(bytes: &[u8], limits: &Limits) -> Result<Symbols> {
+    let file = cae_format::parse(bytes, limits)?;
+    let model = model_for(&file.header)?;
+    check_against_model(&file.header, &model)?;
+    let (symbols, _) = entropy_decode(&file, &model)?;
+    Ok(symbols)
+}
+
+fn model_for(h: &Header) -> Result<Model> {
+    match cae_models::load_builtin_by_id(h.model_id, &device()) {
+        Some(m) => Ok(m?),
+        None => Err(Error::UnknownModel(h.model_id)),
+    }
+}
+
+fn entropy_decode(file: &cae_format::CaeFile, model: &Model) -> Result<(Symbols, Vec<f32>)> {
+    let h = &file.header;
+    let zs = h.z_shape;
+    let plane = zs.height as usize * zs.width as usize;
+    let z = model.z_tables.decode(file.z_stream, zs.len(), |i| i / plane)?;
+    let pred = model.hyper_synthesis.forward(&z, zs.height as usize, zs.width as usize);
+    let y = model.y_tables.decode(file.y_stream, h.y_shape.len(), |i| pred.table[i] as usize)?;
+    let mu: Vec<f32> = pred.means.iter().map(|&v| cae_decoder::fixed_to_f32(v)).collect();
+    let y_hat = cae_quant::dequantize(&y, &mu);
+    Ok((Symbols { z, y, y_tables: pred.table }, y_hat))
+}
+
+/// Decompress a `.cae` file.
+pub fn decompress(bytes: &[u8], limits: &Limits) -> Result<DynamicImage> {
+    let file = cae_format::parse(bytes, limits)?;
+    let h = file.header.clone();
+    let model = model_for(&h)?;
+    check_against_model(&h, &model)?;
+    let alpha = if h.colour.has_alpha() {
+        let a = image::load_from_memory_with_format(file.alpha_stream, image::ImageFormat::Png)
+            .map_err(|e| Error::Inconsistent(format!("alpha stream: {e}")))?;
+        if a.width() != h.width || a.height() != h.height {
+            return Err(Error::Inconsistent("alpha plane has the wrong size".into()));
+        }
+        Some(a.to_luma8())
+    } else {
+        None
+    };
+    let (_, y_hat) = entropy_decode(&file, &model)?;
+    let ys = h.y_shape;
+    let dev = device();
+    let y = Tensor::<4>::from_data(
+        TensorData::new(y_hat, [1, ys.channels as usize, ys.height as usize, ys.width as usize]),
+        &dev,
+    );
+    let q = h.quality as usize - 1;
+    let x = model.synthesis.forward(model.gains.invert(y, &[q])).clamp(0.0, 1.0);
+    let (pw, ph) = (h.padded_width() as usize, h.padded_height() as usize);
+    let planes = tensor_to_vec(x);
+    Ok(pixels::assemble(&planes, pw, ph, h.width, h.height, h.colour, alpha))
+}
+
+/// What `caec info` shows.
+#[derive(Clone, Debug)]
+pub struct Info {
+    pub header: Header,
+    pub file_bytes: usize,
+    pub z_bytes: usize,
+    pub y_bytes: usize,
+    pub alpha_bytes: usize,
+    /// Name of the built-in model that wrote it, if this build has it.
+    pub model_name: Option<&'static str>,
+}
+
+impl Info {
+    /// Bits per pixel of the whole file.
+    pub fn bpp(&self) -> f64 {
+        self.file_bytes as f64 * 8.0 / (self.header.width as f64 * self.header.height as f64)
+    }
+}
+
+/// Read and check a file's header and stream sizes.
+pub fn info(bytes: &[u8]) -> Result<Info> {
+    let file = cae_format::parse(bytes, &Limits { max_memory: u64::MAX, max_pixels: u64::MAX, ..Limits::default() })?;
+    let model_name = cae_models::builtin_ids().into_iter().find(|(_, id)| *id == file.header.model_id).map(|(n, _)| n);
+    Ok(Info {
+        header: file.header.clone(),
+        file_bytes: bytes.len(),
+        z_bytes: file.z_stream.len(),
+        y_bytes: file.y_stream.len(),
+        alpha_bytes: file.alpha_stream.len(),
+        model_name,
+    })
+}
+
+/// Read an image file the way the CLI does: any format the `image` crate knows, with its
+/// EXIF orientation applied.
+pub fn read_image(bytes: &[u8]) -> Result<DynamicImage> {
+    use image::ImageDecoder;
+    let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(image::ImageError::IoError)?;
+    let mut decoder = reader.into_decoder()?;
+    let orientation = decoder.orientation()?;
+    let mut img = DynamicImage::from_decoder(decoder)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+

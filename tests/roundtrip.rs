@@ -1,0 +1,89 @@
+//! Round trips through the library: sizes, colour types, bit depths, and PSNR floors.
+
+mod common;
+
+use caec::{compress, decompress, psnr, Limits, Options};
+use image::{DynamicImage, GenericImageView};
+
+fn round_trip(img: &DynamicImage, quality: u8) -> (Vec<u8>, DynamicImage) {
+    let bytes = compress(img, &Options { quality, ..Options::default() }).expect("compress");
+    let back = decompress(&bytes, &Limits::default()).expect("decompress");
+    assert_eq!(back.dimensions(), img.dimensions());
+    (bytes, back)
+}
+
+#[test]
+fn odd_sizes_round_trip_with_psnr_floors() {
+    // (width, height, PSNR floor in dB at the default quality). Tiny images are mostly
+    // padding, so their floors are lower.
+    for (w, h, floor) in [(1, 1, 20.0), (7, 300, 24.0), (1000, 3, 24.0), (67, 45, 24.0), (768, 512, 27.0)] {
+        let img = DynamicImage::ImageRgb8(common::synthetic(w, h, w + h));
+        let (bytes, back) = round_trip(&img, caec::DEFAULT_QUALITY);
+        let p = psnr(&img, &back);
+        assert!(p >= floor, "{w}x{h}: PSNR {p:.2} dB below {floor}");
+        assert!(bytes.len() >= cae_format::MIN_FILE_LEN);
+    }
+}
+
+#[test]
+fn higher_quality_means_more_bytes_and_better_psnr() {
+    let img = DynamicImage::ImageRgb8(common::synthetic(256, 192, 5));
+    let levels = caec::load_model("default").unwrap().config.levels() as u8;
+    let (lo_bytes, lo) = round_trip(&img, 1);
+    let (hi_bytes, hi) = round_trip(&img, levels);
+    assert!(hi_bytes.len() > lo_bytes.len(), "{} vs {}", hi_bytes.len(), lo_bytes.len());
+    assert!(psnr(&img, &hi) > psnr(&img, &lo));
+}
+
+#[test]
+fn grayscale_comes_back_grayscale() {
+    let img = DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(common::synthetic(130, 70, 1)).to_luma8());
+    let (bytes, back) = round_trip(&img, caec::DEFAULT_QUALITY);
+    assert!(matches!(back, DynamicImage::ImageLuma8(_)));
+    assert!(psnr(&img, &back) > 27.0);
+    assert_eq!(caec::info(&bytes).unwrap().header.colour, caec::ColourType::L);
+}
+
+#[test]
+fn alpha_is_kept_exactly() {
+    let rgb = common::synthetic(90, 61, 2);
+    let rgba = image::RgbaImage::from_fn(90, 61, |x, y| {
+        let p = rgb.get_pixel(x, y);
+        image::Rgba([p[0], p[1], p[2], ((x * 7 + y * 3) % 256) as u8])
+    });
+    let img = DynamicImage::ImageRgba8(rgba.clone());
+    let (_, back) = round_trip(&img, caec::DEFAULT_QUALITY);
+    let back = match back {
+        DynamicImage::ImageRgba8(b) => b,
+        other => panic!("expected RGBA, got {:?}", other.color()),
+    };
+    for (a, b) in rgba.pixels().zip(back.pixels()) {
+        assert_eq!(a[3], b[3]);
+    }
+    // Gray + alpha too.
+    let la = DynamicImage::ImageLumaA8(img.to_luma_alpha8());
+    let (_, back) = round_trip(&la, caec::DEFAULT_QUALITY);
+    assert!(matches!(back, DynamicImage::ImageLumaA8(_)));
+    assert_eq!(
+        back.to_luma_alpha8().pixels().map(|p| p[1]).collect::<Vec<_>>(),
+        la.to_luma_alpha8().pixels().map(|p| p[1]).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn sixteen_bit_input_is_reduced_and_reported() {
+    let img16 = DynamicImage::ImageRgb16(DynamicImage::ImageRgb8(common::synthetic(80, 64, 3)).to_rgb16());
+    let (bytes, back) = round_trip(&img16, caec::DEFAULT_QUALITY);
+    assert_eq!(caec::info(&bytes).unwrap().header.bit_depth, 16);
+    assert!(matches!(back, DynamicImage::ImageRgb8(_)));
+    assert!(psnr(&img16, &back) > 27.0);
+}
+
+#[test]
+fn kodak_image_at_default_quality() {
+    let Some(img) = common::kodak("kodim23.png") else { return };
+    let (bytes, back) = round_trip(&img, caec::DEFAULT_QUALITY);
+    let bpp = bytes.len() as f64 * 8.0 / (768.0 * 512.0);
+    let p = psnr(&img, &back);
+    assert!(p > 30.0 && bpp < 1.0, "kodim23: {bpp:.3} bpp, {p:.2} dB");
+}

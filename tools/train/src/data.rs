@@ -1,0 +1,113 @@
+//! Training data: images found recursively, decoded once in parallel, downscaled, kept in
+//! memory as RGB8; batches of random crops with random flips.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use burn::prelude::*;
+use image::RgbImage;
+use rand::Rng;
+use rayon::prelude::*;
+
+const KODAK_MANIFEST: &str = include_str!("../../../corpus/kodak.manifest");
+
+fn find(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))? {
+        let p = entry?.path();
+        if p.is_dir() {
+            find(&p, out)?;
+        } else if matches!(
+            p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+            Some("png" | "jpg" | "jpeg")
+        ) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Refuse any file that is a validation (Kodak) image, by name or by content.
+fn check_not_validation(files: &[PathBuf]) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let hashes: Vec<&str> = KODAK_MANIFEST.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_whitespace().nth(2)).collect();
+    let bad: Vec<&PathBuf> = files
+        .par_iter()
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with("kodim") {
+                return true;
+            }
+            std::fs::read(p).map(|b| hashes.contains(&format!("{:x}", Sha256::digest(&b)).as_str())).unwrap_or(false)
+        })
+        .collect();
+    if let Some(p) = bad.first() {
+        bail!("{}: is a validation (Kodak) image; refusing to train on a folder that contains one", p.display());
+    }
+    Ok(())
+}
+
+/// Average `f`x`f` blocks (area downscale).
+fn downscale(img: &RgbImage, f: u32) -> RgbImage {
+    if f <= 1 {
+        return img.clone();
+    }
+    let (w, h) = (img.width() / f, img.height() / f);
+    RgbImage::from_fn(w, h, |x, y| {
+        let mut s = [0u32; 3];
+        for dy in 0..f {
+            for dx in 0..f {
+                let p = img.get_pixel(x * f + dx, y * f + dy);
+                for c in 0..3 {
+                    s[c] += p[c] as u32;
+                }
+            }
+        }
+        let n = f * f;
+        image::Rgb([((s[0] + n / 2) / n) as u8, ((s[1] + n / 2) / n) as u8, ((s[2] + n / 2) / n) as u8])
+    })
+}
+
+/// Load every image under `dirs`.
+pub fn load(dirs: &[PathBuf], factor: u32, crop: usize) -> Result<Vec<RgbImage>> {
+    let mut files = Vec::new();
+    for d in dirs {
+        find(d, &mut files)?;
+    }
+    files.sort();
+    check_not_validation(&files)?;
+    let images: Vec<RgbImage> = files
+        .par_iter()
+        .filter_map(|p| match image::open(p) {
+            Ok(img) => Some(downscale(&img.to_rgb8(), factor)),
+            Err(e) => {
+                eprintln!("warning: {}: {e}; skipped", p.display());
+                None
+            }
+        })
+        .filter(|img| img.width() as usize >= crop && img.height() as usize >= crop)
+        .collect();
+    Ok(images)
+}
+
+/// A batch of random crops with random horizontal and vertical flips, `[b, 3, crop, crop]`
+/// in [0, 1].
+pub fn batch(images: &[RgbImage], b: usize, crop: usize, rng: &mut impl Rng, device: &Device) -> Tensor<4> {
+    let mut buf = vec![0f32; b * 3 * crop * crop];
+    for i in 0..b {
+        let img = &images[rng.random_range(0..images.len())];
+        let x0 = rng.random_range(0..=img.width() as usize - crop);
+        let y0 = rng.random_range(0..=img.height() as usize - crop);
+        let (fx, fy) = (rng.random_bool(0.5), rng.random_bool(0.5));
+        for y in 0..crop {
+            let sy = if fy { crop - 1 - y } else { y };
+            for x in 0..crop {
+                let sx = if fx { crop - 1 - x } else { x };
+                let p = img.get_pixel((x0 + sx) as u32, (y0 + sy) as u32);
+                for c in 0..3 {
+                    buf[((i * 3 + c) * crop + y) * crop + x] = p[c] as f32 / 255.0;
+                }
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(buf, [b, 3, crop, crop]), device)
+}

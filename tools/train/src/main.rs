@@ -1,0 +1,181 @@
+//! `caec-train`: learns a caec model from folders of images and exports it in the
+//! embeddable form (f16 weights, integer hyper-synthesis, integer probability tables).
+
+mod data;
+mod net;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::grad_clipping::GradientClippingConfig;
+use burn::prelude::*;
+use cae_nn::ModelConfig;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{Rng, SeedableRng};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Train a caec model on folders of images")]
+struct Args {
+    /// Folders (searched recursively) of PNG/JPEG training images.
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    /// Output folder: checkpoints, the exported model (model.caem), the log (log.csv).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Channels of the hidden layers and of z.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// Channels of the latent y (code size per 16x16 block).
+    #[arg(long, default_value_t = 96)]
+    m: usize,
+    /// Use ReLU instead of GDN in the main transforms.
+    #[arg(long)]
+    relu: bool,
+    /// λ of each quality level, ascending (loss = λ·255²·MSE + bpp).
+    #[arg(long, value_delimiter = ',', default_value = "0.0035,0.0067,0.013,0.025")]
+    lambdas: Vec<f64>,
+    /// Random crop size in pixels.
+    #[arg(long, default_value_t = 128)]
+    crop: usize,
+    /// Crops per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Downscale factor applied to every training image once at load (area filter).
+    #[arg(long, default_value_t = 2)]
+    downscale: u32,
+    /// Stop after this many steps (counting those of a resumed run).
+    #[arg(long, default_value_t = 1_000_000)]
+    steps: usize,
+    /// Stop after this many minutes of training.
+    #[arg(long, default_value_t = 60.0)]
+    minutes: f64,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    /// Random seed (weights, crops, noise).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Minutes between checkpoints.
+    #[arg(long, default_value_t = 5.0)]
+    checkpoint_minutes: f64,
+    /// Where to train: flex (CPU) or cuda (needs the cargo feature `cuda`).
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// Resume from a checkpoint written by an earlier run (out/checkpoint.bpk).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let config = ModelConfig { n: args.n, m: args.m, kernel: 5, gdn: !args.relu, lambdas: args.lambdas.clone() };
+    config.validate()?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
+    std::fs::write(args.out.join("config.toml"), config.to_toml())?;
+
+    let t0 = Instant::now();
+    let images = data::load(&args.data, args.downscale, args.crop)?;
+    eprintln!("loaded {} images in {:.1} s", images.len(), t0.elapsed().as_secs_f64());
+    if images.is_empty() {
+        bail!("no training images of at least {0}x{0} pixels found", args.crop);
+    }
+
+    let device = pick_device(&args.device)?.autodiff();
+    device.seed(args.seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut model = net::Net::new(&config, &device);
+    let mut step0 = 0usize;
+    if let Some(path) = &args.resume {
+        let (m, s) = net::load_checkpoint(model, path)?;
+        model = m;
+        step0 = s;
+        eprintln!("resumed from {} at step {step0}", path.display());
+    }
+    let mut optim = AdamConfig::new()
+        .with_epsilon(1e-8)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init();
+
+    let log_path = args.out.join("log.csv");
+    let new_log = !log_path.exists() || args.resume.is_none();
+    let mut log = std::fs::OpenOptions::new().create(true).append(!new_log).write(true).truncate(new_log).open(&log_path)?;
+    if new_log {
+        writeln!(log, "step,seconds,quality,lambda,loss,bpp,mse,psnr")?;
+    }
+
+    let budget = Duration::from_secs_f64(args.minutes * 60.0);
+    let total = args.steps.saturating_sub(step0);
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    let start = Instant::now();
+    let mut last_ckpt = Instant::now();
+    let mut ema: Option<(f64, f64)> = None;
+    let mut step = step0;
+    while step < args.steps && start.elapsed() < budget {
+        let q = rng.random_range(0..config.levels());
+        let lambda = config.lambdas[q];
+        let x = data::batch(&images, args.batch, args.crop, &mut rng, &device);
+        let out = model.forward(x, q);
+        let loss = out.mse.clone() * (lambda * 255.0 * 255.0) + out.bpp.clone();
+        let (loss_v, bpp_v, mse_v) = (
+            loss.clone().into_scalar::<f32>() as f64,
+            out.bpp.into_scalar::<f32>() as f64,
+            out.mse.into_scalar::<f32>() as f64,
+        );
+        if !loss_v.is_finite() {
+            bail!("loss became {loss_v} at step {step}");
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(args.lr, model, grads);
+        step += 1;
+        let psnr = 10.0 * (1.0 / mse_v.max(1e-10)).log10();
+        writeln!(log, "{step},{:.1},{},{lambda},{loss_v:.5},{bpp_v:.5},{mse_v:.7},{psnr:.3}", start.elapsed().as_secs_f64(), q + 1)?;
+        let e = ema.get_or_insert((bpp_v, psnr));
+        *e = (0.98 * e.0 + 0.02 * bpp_v, 0.98 * e.1 + 0.02 * psnr);
+        bar.set_message(format!("q{} loss {loss_v:.3} bpp~{:.3} psnr~{:.2}", q + 1, e.0, e.1));
+        bar.inc(1);
+        if last_ckpt.elapsed().as_secs_f64() > args.checkpoint_minutes * 60.0 {
+            save(&model, &config, step, &args.out, &device)?;
+            last_ckpt = Instant::now();
+        }
+    }
+    bar.finish();
+    save(&model, &config, step, &args.out, &device)?;
+    eprintln!(
+        "trained {} steps in {:.1} min ({:.2} steps/s, {:.1} crops/s); wrote {}",
+        step - step0,
+        start.elapsed().as_secs_f64() / 60.0,
+        (step - step0) as f64 / start.elapsed().as_secs_f64(),
+        ((step - step0) * args.batch) as f64 / start.elapsed().as_secs_f64(),
+        args.out.join("model.caem").display()
+    );
+    Ok(())
+}
+
+fn pick_device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "flex" => Device::flex(),
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::cuda(0),
+        other => bail!("device {other:?} is not available in this build (features: flex{})",
+            if cfg!(feature = "cuda") { ", cuda" } else { "" }),
+    })
+}
+
+/// Write the checkpoint and the exported model, each atomically.
+fn save(model: &net::Net, config: &ModelConfig, step: usize, out: &std::path::Path, device: &Device) -> Result<()> {
+    net::save_checkpoint(model, step, &out.join("checkpoint.bpk"))?;
+    let bytes = model.export(config, &device.clone().without_autodiff());
+    let tmp = out.join("model.caem.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, out.join("model.caem"))?;
+    Ok(())
+}

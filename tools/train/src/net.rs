@@ -1,0 +1,106 @@
+//! The trainable codec: every network of the model plus the factorized density, and the
+//! training forward pass (noise for the rate, straight-through rounding for the decoder).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::prelude::*;
+use burn::store::ModuleRecord;
+use cae_decoder::{HyperSynthesis, Synthesis};
+use cae_encoder::{Analysis, HyperAnalysis};
+use cae_nn::{FactorizedDensity, GainUnit, ModelConfig};
+
+/// Scales below this are raised to it (the smallest entry of the scale table).
+const SCALE_MIN: f64 = 0.11;
+const LIKELIHOOD_BOUND: f64 = 1e-9;
+
+#[derive(Module, Debug)]
+pub struct Net {
+    pub g_a: Analysis,
+    pub h_a: HyperAnalysis,
+    pub g_s: Synthesis,
+    pub h_s: HyperSynthesis,
+    pub gains: GainUnit,
+    pub density: FactorizedDensity,
+}
+
+pub struct Output {
+    /// Mean squared error per sample, pixels in [0, 1].
+    pub mse: Tensor<1>,
+    /// Estimated bits per pixel of y and z.
+    pub bpp: Tensor<1>,
+}
+
+/// Standard normal CDF.
+fn phi(x: Tensor<4>) -> Tensor<4> {
+    (x * std::f64::consts::FRAC_1_SQRT_2).erf() * 0.5 + 0.5
+}
+
+impl Net {
+    pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
+        Net {
+            g_a: Analysis::new(cfg, device),
+            h_a: HyperAnalysis::new(cfg, device),
+            g_s: Synthesis::new(cfg, device),
+            h_s: HyperSynthesis::new(cfg, device),
+            gains: GainUnit::new(&cfg.lambdas, cfg.m, device),
+            density: FactorizedDensity::new(cfg.n, device),
+        }
+    }
+
+    /// One training forward pass at quality index `q` for the whole batch.
+    pub fn forward(&self, x: Tensor<4>, q: usize) -> Output {
+        let [b, _, h, w] = x.dims();
+        let qs = vec![q; b];
+        let y = self.gains.apply(self.g_a.forward(x.clone()), &qs);
+        let z = self.h_a.forward(y.clone());
+        let z_tilde = cae_quant::add_noise(z);
+        let z_lik = self.density.likelihood(z_tilde.clone());
+        let (scales, means) = self.h_s.forward(z_tilde);
+        let scales = scales.clamp_min(SCALE_MIN);
+        let v = (cae_quant::add_noise(y.clone()) - means.clone()).abs();
+        let upper = phi((v.clone().neg() + 0.5) / scales.clone());
+        let lower = phi((v.neg() - 0.5) / scales);
+        let y_lik = (upper - lower).clamp_min(LIKELIHOOD_BOUND);
+        let pixels = (b * h * w) as f64;
+        let bits = y_lik.log().sum() + z_lik.log().sum();
+        let bpp = bits / (-std::f64::consts::LN_2 * pixels);
+        let y_hat = cae_quant::ste_round_around(y, means);
+        let x_hat = self.g_s.forward(self.gains.invert(y_hat, &qs));
+        let mse = (x_hat - x).square().mean();
+        Output { mse, bpp }
+    }
+
+    /// The embeddable model file.
+    pub fn export(&self, cfg: &ModelConfig, device: &Device) -> Vec<u8> {
+        let m = self.valid();
+        cae_models::export(
+            &cae_models::Trained {
+                config: cfg,
+                analysis: &m.g_a,
+                hyper_analysis: &m.h_a,
+                synthesis: &m.g_s,
+                hyper_synthesis: &m.h_s,
+                gains: &m.gains,
+                density: &m.density,
+            },
+            device,
+        )
+    }
+}
+
+/// Save the full training state of the networks (f32) and the step count.
+pub fn save_checkpoint(model: &Net, step: usize, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("tmp.bpk");
+    model.clone().save_file(&tmp).map_err(|e| anyhow::anyhow!("{e:?}")).context("writing checkpoint")?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::write(path.with_extension("step"), step.to_string())?;
+    Ok(())
+}
+
+/// Load a checkpoint written by [`save_checkpoint`].
+pub fn load_checkpoint(model: Net, path: &Path) -> Result<(Net, usize)> {
+    let record = ModuleRecord::load(path).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| format!("{}", path.display()))?;
+    let step = std::fs::read_to_string(path.with_extension("step")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    Ok((model.load_record(record), step))
+}
