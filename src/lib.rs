@@ -66,8 +66,9 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// The largest side `compress` accepts: latent sizes are stored as 16-bit numbers.
-pub const MAX_SIDE: u32 = 1 << 20;
+/// The largest side `compress` accepts: the default decoding limit, so that every file it
+/// writes decodes with default limits.
+pub const MAX_SIDE: u32 = 65_535;
 
 fn device() -> Device {
     Device::flex()
@@ -203,12 +204,21 @@ fn entropy_decode(file: &cae_format::CaeFile, model: &Model) -> Result<(Symbols,
     Ok((Symbols { z, y, y_tables: pred.table }, y_hat))
 }
 
-/// Decompress a `.cae` file.
+/// Decompress a `.cae` file with the built-in model that wrote it.
 pub fn decompress(bytes: &[u8], limits: &Limits) -> Result<DynamicImage> {
     let file = cae_format::parse(bytes, limits)?;
+    let model = model_for(&file.header)?;
+    decompress_with(&model, bytes, limits)
+}
+
+/// Decompress with an already loaded model (which must be the one that wrote the file).
+pub fn decompress_with(model: &Model, bytes: &[u8], limits: &Limits) -> Result<DynamicImage> {
+    let file = cae_format::parse(bytes, limits)?;
     let h = file.header.clone();
-    let model = model_for(&h)?;
-    check_against_model(&h, &model)?;
+    if h.model_id != model.id {
+        return Err(Error::UnknownModel(h.model_id));
+    }
+    check_against_model(&h, model)?;
     let alpha = if h.colour.has_alpha() {
         let a = image::load_from_memory_with_format(file.alpha_stream, image::ImageFormat::Png)
             .map_err(|e| Error::Inconsistent(format!("alpha stream: {e}")))?;
@@ -219,7 +229,7 @@ pub fn decompress(bytes: &[u8], limits: &Limits) -> Result<DynamicImage> {
     } else {
         None
     };
-    let (_, y_hat) = entropy_decode(&file, &model)?;
+    let (_, y_hat) = entropy_decode(&file, model)?;
     let ys = h.y_shape;
     let dev = device();
     let y = Tensor::<4>::from_data(

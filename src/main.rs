@@ -73,6 +73,13 @@ enum Command {
         /// The .cae file, or - for standard input.
         file: PathBuf,
     },
+    /// Compare two images of the same size: PSNR (RGB, 8-bit) of B against A.
+    Compare {
+        /// The reference image.
+        a: PathBuf,
+        /// The image to measure.
+        b: PathBuf,
+    },
     /// Print digests of a file's entropy-decoded symbols and decoded pixels (determinism checks).
     #[command(hide = true)]
     Digest { file: PathBuf },
@@ -172,6 +179,19 @@ fn run(cli: Cli) -> Result<()> {
             println!("padding:     {} right, {} bottom", h.pad_right, h.pad_bottom);
             println!("latents:     y {}x{}x{}, z {}x{}x{}", h.y_shape.channels, h.y_shape.height, h.y_shape.width,
                 h.z_shape.channels, h.z_shape.height, h.z_shape.width);
+            Ok(())
+        }
+        Command::Compare { a, b } => {
+            let load = |p: &Path| -> Result<image::DynamicImage> {
+                caec::read_image(&read_input(p)?).with_context(|| label(p))
+            };
+            let (ia, ib) = (load(&a)?, load(&b)?);
+            if (ia.width(), ia.height()) != (ib.width(), ib.height()) {
+                bail!("{} is {}x{} but {} is {}x{}", label(&a), ia.width(), ia.height(), label(&b), ib.width(), ib.height());
+            }
+            let (ra, rb) = (ia.to_rgb8(), ib.to_rgb8());
+            let max = ra.as_raw().iter().zip(rb.as_raw()).map(|(&x, &y)| x.abs_diff(y)).max().unwrap_or(0);
+            println!("psnr {:.4} max_diff {max}", caec::psnr(&ia, &ib));
             Ok(())
         }
         Command::Digest { file } => {

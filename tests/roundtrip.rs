@@ -87,3 +87,14 @@ fn kodak_image_at_default_quality() {
     let p = psnr(&img, &back);
     assert!(p > 30.0 && bpp < 1.0, "kodim23: {bpp:.3} bpp, {p:.2} dB");
 }
+
+#[test]
+fn oversized_images_are_refused_before_any_work() {
+    let wide = DynamicImage::new_rgb8(caec::MAX_SIDE + 1, 1);
+    assert!(matches!(compress(&wide, &Options::default()), Err(caec::Error::TooLarge { .. })));
+    let bad_quality = DynamicImage::new_rgb8(8, 8);
+    assert!(matches!(
+        compress(&bad_quality, &Options { quality: 0, ..Options::default() }),
+        Err(caec::Error::Quality { .. })
+    ));
+}

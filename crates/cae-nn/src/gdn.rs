@@ -34,8 +34,8 @@ impl Gdn {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [_, c, _, _] = x.dims();
         let beta_bound = (BETA_MIN + PEDESTAL).sqrt();
-        let beta = self.beta.val().clamp_min(beta_bound).square() - PEDESTAL;
-        let gamma = self.gamma.val().clamp_min(PEDESTAL.sqrt()).square() - PEDESTAL;
+        let beta = crate::lower_bound(self.beta.val(), beta_bound).square() - PEDESTAL;
+        let gamma = crate::lower_bound(self.gamma.val(), PEDESTAL.sqrt()).square() - PEDESTAL;
         let norm = conv2d(
             x.clone().square(),
             gamma.reshape([c, c, 1, 1]),

@@ -21,6 +21,12 @@ use burn::prelude::*;
 /// Total downsampling of the hyperprior models: images are padded to a multiple of this.
 pub const STRIDE: u32 = 64;
 
+/// `max(x, bound)` whose gradient passes through unchanged, also below the bound (so that
+/// a value held at the bound can still be pulled up by the loss).
+pub fn lower_bound<const D: usize>(x: Tensor<D>, bound: f32) -> Tensor<D> {
+    x.clone() + (x.clone().clamp_min(bound) - x).detach()
+}
+
 /// A k x k convolution with stride `s` and "same"-style padding k/2.
 pub fn conv(c_in: usize, c_out: usize, k: usize, s: usize, device: &Device) -> Conv2d {
     let p = k / 2;

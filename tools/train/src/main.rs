@@ -65,6 +65,10 @@ struct Args {
     /// Where to train: flex (CPU) or cuda (needs the cargo feature `cuda`).
     #[arg(long, default_value = "flex")]
     device: String,
+    /// Write the loaded (downscaled) training images as PNGs into this folder and exit:
+    /// a compact copy of the training set to carry to another machine.
+    #[arg(long)]
+    save_data: Option<PathBuf>,
     /// Resume from a checkpoint written by an earlier run (out/checkpoint.bpk).
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -84,6 +88,14 @@ fn main() -> Result<()> {
         bail!("no training images of at least {0}x{0} pixels found", args.crop);
     }
 
+    if let Some(dir) = &args.save_data {
+        std::fs::create_dir_all(dir)?;
+        for (i, img) in images.iter().enumerate() {
+            img.save(dir.join(format!("{i:04}.png")))?;
+        }
+        eprintln!("wrote {} images to {}", images.len(), dir.display());
+        return Ok(());
+    }
     let device = pick_device(&args.device)?.autodiff();
     device.seed(args.seed);
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);

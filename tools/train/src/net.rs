@@ -57,7 +57,7 @@ impl Net {
         let z_tilde = cae_quant::add_noise(z);
         let z_lik = self.density.likelihood(z_tilde.clone());
         let (scales, means) = self.h_s.forward(z_tilde);
-        let scales = scales.clamp_min(SCALE_MIN);
+        let scales = cae_nn::lower_bound(scales, SCALE_MIN as f32);
         let v = (cae_quant::add_noise(y.clone()) - means.clone()).abs();
         let upper = phi((v.clone().neg() + 0.5) / scales.clone());
         let lower = phi((v.neg() - 0.5) / scales);
