@@ -93,7 +93,8 @@ impl IntConv {
             let scale = 2f64.powi(s as i32);
             for i in 0..c_in {
                 for t in 0..k * k {
-                    w[(o * c_in + i) * k * k + t] = (at(o, i, t) as f64 * scale).round() as i32;
+                    w[(o * c_in + i) * k * k + t] =
+                        ((at(o, i, t) as f64 * scale).round() as i32).clamp(-WEIGHT_LIMIT, WEIGHT_LIMIT);
                 }
             }
             b[o] = (bias[o] as f64 * scale * 2f64.powi(FRAC_BITS as i32)).round() as i64;

@@ -113,12 +113,9 @@ impl TableSet {
                 // Pushed in reverse of the decoding order: last chunk first.
                 for c in (0..chunks).rev() {
                     let width = if c + 1 == chunks && bits % 16 != 0 { bits % 16 } else { 16 };
+                    // width >= 1 here: chunks > 0 only when bits > 0.
                     let chunk = (code >> (16 * c)) & ((1u32 << width) - 1);
-                    if width > 0 && (1usize << width) > 1 {
-                        coder
-                            .encode_symbol(chunk as usize, UniformModel::<u32, 24>::new(1 << width))
-                            .map_err(err)?;
-                    }
+                    coder.encode_symbol(chunk as usize, UniformModel::<u32, 24>::new(1 << width)).map_err(err)?;
                 }
                 coder.encode_symbol(bits as usize, UniformModel::<u32, 24>::new(33)).map_err(err)?;
                 coder.encode_symbol(n, &self.models[table]).map_err(err)?;
@@ -159,11 +156,8 @@ impl TableSet {
                 let mut code = 0u32;
                 for c in 0..chunks {
                     let width = if c + 1 == chunks && bits % 16 != 0 { bits % 16 } else { 16 };
-                    if width > 0 && (1usize << width) > 1 {
-                        let chunk =
-                            coder.decode_symbol(UniformModel::<u32, 24>::new(1 << width)).unwrap_infallible();
-                        code |= (chunk as u32) << (16 * c);
-                    }
+                    let chunk = coder.decode_symbol(UniformModel::<u32, 24>::new(1 << width)).unwrap_infallible();
+                    code |= (chunk as u32) << (16 * c);
                 }
                 out.push(unzigzag(code));
             }

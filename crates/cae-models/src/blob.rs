@@ -3,7 +3,7 @@
 //! ```text
 //! "CAEM" | version u8 = 1 | config length u32 | config TOML | entry count u32 | entries
 //! entry: name length u16 | name | dtype u8 (1 f16, 2 f32, 3 i32, 4 i64) | rank u8 |
-//!        dims u32 × rank | values, little-endian
+//!        dims u32 × rank | values, little-endian (dtype 5: i16)
 //! ```
 //! All lengths are little-endian. Float weights of the networks are stored as f16; the
 //! integer hyper-synthesis and the probability tables as integers.
@@ -20,6 +20,7 @@ pub enum Values {
     F32(Vec<f32>),
     I32(Vec<i32>),
     I64(Vec<i64>),
+    I16(Vec<i16>),
 }
 
 impl Values {
@@ -29,6 +30,7 @@ impl Values {
             Values::F32(v) => v.len(),
             Values::I32(v) => v.len(),
             Values::I64(v) => v.len(),
+            Values::I16(v) => v.len(),
         }
     }
 
@@ -87,6 +89,7 @@ impl Blob {
                 Values::F32(_) => 2,
                 Values::I32(_) => 3,
                 Values::I64(_) => 4,
+                Values::I16(_) => 5,
             };
             out.push(dtype);
             out.push(e.shape.len() as u8);
@@ -98,6 +101,7 @@ impl Blob {
                 Values::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
                 Values::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
                 Values::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+                Values::I16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
             }
         }
         out
@@ -130,7 +134,7 @@ impl Blob {
             }
             let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or(BlobError::Malformed("shape overflows"))?;
             let width = match dtype {
-                1 => 2,
+                1 | 5 => 2,
                 2 | 3 => 4,
                 4 => 8,
                 _ => return Err(BlobError::Malformed("unknown tensor type")),
@@ -139,6 +143,7 @@ impl Blob {
             let values = match dtype {
                 1 => Values::F16(raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect()),
                 2 => Values::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect()),
+                5 => Values::I16(raw.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()),
                 3 => Values::I32(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4"))).collect()),
                 _ => Values::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect()),
             };
@@ -183,6 +188,7 @@ mod tests {
         b.push("a", &[2, 2], Values::F16(vec![half::f16::from_f32(1.5); 4]));
         b.push("b", &[3], Values::I64(vec![-1, 0, 1 << 40]));
         b.push("c", &[1], Values::I32(vec![7]));
+        b.push("d", &[2], Values::I16(vec![-32767, 32767]));
         let bytes = b.to_bytes();
         assert_eq!(Blob::parse(&bytes).unwrap(), b);
         for n in 0..bytes.len() {

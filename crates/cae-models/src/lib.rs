@@ -108,6 +108,13 @@ fn ints<'a>(map: &HashMap<&str, &'a blob::Entry>, name: &str) -> Result<&'a [i32
     }
 }
 
+fn shorts<'a>(map: &HashMap<&str, &'a blob::Entry>, name: &str) -> Result<&'a [i16], ModelError> {
+    match map.get(name).map(|e| &e.values) {
+        Some(Values::I16(v)) => Ok(v),
+        _ => Err(BlobError::BadTensor(name.into()).into()),
+    }
+}
+
 fn longs<'a>(map: &HashMap<&str, &'a blob::Entry>, name: &str) -> Result<&'a [i64], ModelError> {
     match map.get(name).map(|e| &e.values) {
         Some(Values::I64(v)) => Ok(v),
@@ -171,7 +178,7 @@ impl Model {
                 kind,
                 c_in,
                 c_out,
-                weight: ints(&map, &format!("h_s.{i}.weight"))?.to_vec(),
+                weight: shorts(&map, &format!("h_s.{i}.weight"))?.iter().map(|&w| w as i32).collect(),
                 shift: shift.iter().map(|&s| s.clamp(0, 255) as u8).collect(),
                 bias: longs(&map, &format!("h_s.{i}.bias"))?.to_vec(),
             });
@@ -257,7 +264,9 @@ pub fn export(t: &Trained, device: &Device) -> Vec<u8> {
     let ihs = t.hyper_synthesis.to_integer(t.config, &scales);
     for (i, l) in ihs.layers.iter().enumerate() {
         blob.push(format!("h_s.{i}.meta"), &[3], Values::I32(vec![l.kind.code() as i32, l.c_in as i32, l.c_out as i32]));
-        blob.push(format!("h_s.{i}.weight"), &[l.weight.len()], Values::I32(l.weight.clone()));
+        // |weight| <= WEIGHT_LIMIT = 2^15 - 1, so i16 holds them exactly.
+        let w16 = l.weight.iter().map(|&w| w as i16).collect();
+        blob.push(format!("h_s.{i}.weight"), &[l.weight.len()], Values::I16(w16));
         blob.push(format!("h_s.{i}.shift"), &[l.shift.len()], Values::I32(l.shift.iter().map(|&s| s as i32).collect()));
         blob.push(format!("h_s.{i}.bias"), &[l.bias.len()], Values::I64(l.bias.clone()));
     }
