@@ -172,7 +172,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("size:        {}x{} ({}, {}-bit source{})", h.width, h.height, h.colour.name(), h.bit_depth,
                 if h.bit_depth > 8 { ", decoded as 8-bit" } else { "" });
             println!("bytes:       {} (z {}, y {}, alpha {}, header and CRC {})", i.file_bytes, i.z_bytes, i.y_bytes,
-                i.alpha_bytes, cae_format_overhead());
+                i.alpha_bytes, cae_format::MIN_FILE_LEN);
             println!("bpp:         {:.4}", i.bpp());
             println!("quality:     {}", h.quality);
             println!("model:       {:016x} ({})", h.model_id, i.model_name.unwrap_or("not in this build"));
@@ -212,10 +212,6 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn cae_format_overhead() -> usize {
-    57
 }
 
 fn main() -> ExitCode {
