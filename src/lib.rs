@@ -208,16 +208,20 @@ fn entropy_decode(file: &cae_format::CaeFile, model: &Model) -> Result<(Symbols,
 pub fn decompress(bytes: &[u8], limits: &Limits) -> Result<DynamicImage> {
     let file = cae_format::parse(bytes, limits)?;
     let model = model_for(&file.header)?;
-    decompress_with(&model, bytes, limits)
+    decode_file(&model, &file)
 }
 
 /// Decompress with an already loaded model (which must be the one that wrote the file).
 pub fn decompress_with(model: &Model, bytes: &[u8], limits: &Limits) -> Result<DynamicImage> {
     let file = cae_format::parse(bytes, limits)?;
-    let h = file.header.clone();
-    if h.model_id != model.id {
-        return Err(Error::UnknownModel(h.model_id));
+    if file.header.model_id != model.id {
+        return Err(Error::UnknownModel(file.header.model_id));
     }
+    decode_file(model, &file)
+}
+
+fn decode_file(model: &Model, file: &cae_format::CaeFile) -> Result<DynamicImage> {
+    let h = file.header.clone();
     check_against_model(&h, model)?;
     let alpha = if h.colour.has_alpha() {
         let a = image::load_from_memory_with_format(file.alpha_stream, image::ImageFormat::Png)
@@ -229,7 +233,7 @@ pub fn decompress_with(model: &Model, bytes: &[u8], limits: &Limits) -> Result<D
     } else {
         None
     };
-    let (_, y_hat) = entropy_decode(&file, model)?;
+    let (_, y_hat) = entropy_decode(file, model)?;
     let ys = h.y_shape;
     let dev = device();
     let y = Tensor::<4>::from_data(
