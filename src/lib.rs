@@ -68,7 +68,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// The largest side `compress` accepts: the default decoding limit, so that every file it
 /// writes decodes with default limits.
-pub const MAX_SIDE: u32 = 65_535;
+pub const MAX_SIDE: u32 = cae_format::DEFAULT_MAX_SIDE;
 
 fn device() -> Device {
     Device::flex()

@@ -112,7 +112,7 @@ impl TableSet {
                 let chunks = bits.div_ceil(16);
                 // Pushed in reverse of the decoding order: last chunk first.
                 for c in (0..chunks).rev() {
-                    let width = if c + 1 == chunks && bits % 16 != 0 { bits % 16 } else { 16 };
+                    let width = chunk_width(c, chunks, bits);
                     // width >= 1 here: chunks > 0 only when bits > 0.
                     let chunk = (code >> (16 * c)) & ((1u32 << width) - 1);
                     coder.encode_symbol(chunk as usize, UniformModel::<u32, 24>::new(1 << width)).map_err(err)?;
@@ -155,7 +155,7 @@ impl TableSet {
                 let chunks = bits.div_ceil(16);
                 let mut code = 0u32;
                 for c in 0..chunks {
-                    let width = if c + 1 == chunks && bits % 16 != 0 { bits % 16 } else { 16 };
+                    let width = chunk_width(c, chunks, bits);
                     let chunk = coder.decode_symbol(UniformModel::<u32, 24>::new(1 << width)).unwrap_infallible();
                     code |= (chunk as u32) << (16 * c);
                 }
@@ -167,6 +167,12 @@ impl TableSet {
         }
         Ok(out)
     }
+}
+
+/// Bits in chunk `c` of an escaped value's `bits`-bit code split into `chunks` 16-bit chunks,
+/// least significant first: 16, except for a shorter last chunk.
+fn chunk_width(c: u32, chunks: u32, bits: u32) -> u32 {
+    if c + 1 == chunks && bits % 16 != 0 { bits % 16 } else { 16 }
 }
 
 fn zigzag(v: i32) -> u32 {

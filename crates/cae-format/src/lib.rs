@@ -151,6 +151,10 @@ pub struct CaeFile<'a> {
     pub alpha_stream: &'a [u8],
 }
 
+/// The default largest width and height a decoder accepts (and so the largest side an
+/// encoder should write).
+pub const DEFAULT_MAX_SIDE: u32 = 65_535;
+
 /// Bounds checked against the header before any allocation or network run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -165,8 +169,8 @@ impl Default for Limits {
     /// Limits that a camera photo never reaches: 65,535 pixels a side, 256 Mpx, 8 GiB.
     fn default() -> Self {
         Limits {
-            max_width: 65_535,
-            max_height: 65_535,
+            max_width: DEFAULT_MAX_SIDE,
+            max_height: DEFAULT_MAX_SIDE,
             max_pixels: 1 << 28,
             max_memory: 8 << 30,
         }
