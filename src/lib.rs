@@ -13,6 +13,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 mod pixels;
 
 use std::io::Cursor;

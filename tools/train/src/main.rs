@@ -6,6 +6,8 @@ mod net;
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -53,16 +55,27 @@ struct Args {
     /// Stop after this many minutes of training.
     #[arg(long, default_value_t = 60.0)]
     minutes: f64,
-    /// Adam learning rate.
+    /// Adam learning rate (peak).
     #[arg(long, default_value_t = 5e-4)]
     lr: f64,
+    /// Steps of linear warm-up from lr/10 at the start of every run (Adam's moments start
+    /// from zero again after a resume).
+    #[arg(long, default_value_t = 200)]
+    warmup_steps: usize,
+    /// Fraction of the run (of its steps or its minutes, whichever ends it first) after which
+    /// the learning rate decays along a cosine to lr·--lr-final; 1 keeps it constant.
+    #[arg(long, default_value_t = 0.75)]
+    decay_from: f64,
+    /// Final learning rate as a fraction of --lr.
+    #[arg(long, default_value_t = 0.05)]
+    lr_final: f64,
     /// Random seed (weights, crops, noise).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Minutes between checkpoints.
     #[arg(long, default_value_t = 5.0)]
     checkpoint_minutes: f64,
-    /// Where to train: flex (CPU) or cuda (needs the cargo feature `cuda`).
+    /// Where to train: flex (CPU), cuda or vulkan (each needs the cargo feature of that name).
     #[arg(long, default_value = "flex")]
     device: String,
     /// Write the loaded (downscaled) training images as PNGs into this folder and exit:
@@ -127,11 +140,16 @@ fn main() -> Result<()> {
             .expect("template")
             .progress_chars("=> "),
     );
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst)).context("installing the Ctrl-C handler")?;
+    }
     let start = Instant::now();
     let mut last_ckpt = Instant::now();
     let mut ema: Option<(f64, f64)> = None;
     let mut step = step0;
-    while step < args.steps && start.elapsed() < budget {
+    while step < args.steps && start.elapsed() < budget && !stop.load(Ordering::SeqCst) {
         let q = rng.random_range(0..config.levels());
         let lambda = config.lambdas[q];
         let x = data::batch(&images, args.batch, args.crop, &mut rng, &device);
@@ -146,7 +164,9 @@ fn main() -> Result<()> {
             bail!("loss became {loss_v} at step {step}");
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(args.lr, model, grads);
+        let progress = ((step - step0) as f64 / total.max(1) as f64).max(start.elapsed().as_secs_f64() / budget.as_secs_f64());
+        let lr = args.lr * lr_factor(step - step0, progress, args.warmup_steps, args.decay_from, args.lr_final);
+        model = optim.step(lr, model, grads);
         step += 1;
         let psnr = 10.0 * (1.0 / mse_v.max(1e-10)).log10();
         writeln!(log, "{step},{:.1},{},{lambda},{loss_v:.5},{bpp_v:.5},{mse_v:.7},{psnr:.3}", start.elapsed().as_secs_f64(), q + 1)?;
@@ -160,6 +180,9 @@ fn main() -> Result<()> {
         }
     }
     bar.finish();
+    if stop.load(Ordering::SeqCst) {
+        eprintln!("interrupted: saving a checkpoint at step {step}");
+    }
     save(&model, &config, step, &args.out, &device)?;
     eprintln!(
         "trained {} steps in {:.1} min ({:.2} steps/s, {:.1} crops/s); wrote {}",
@@ -172,14 +195,50 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Learning-rate multiplier: linear warm-up from 0.1 over `warmup` steps of this run, constant,
+/// then a cosine from 1 to `final_factor` over the part of the run after `decay_from`.
+fn lr_factor(run_step: usize, progress: f64, warmup: usize, decay_from: f64, final_factor: f64) -> f64 {
+    let warm = if run_step < warmup { 0.1 + 0.9 * run_step as f64 / warmup as f64 } else { 1.0 };
+    let decay = if progress <= decay_from || decay_from >= 1.0 {
+        1.0
+    } else {
+        let t = ((progress - decay_from) / (1.0 - decay_from)).min(1.0);
+        final_factor + (1.0 - final_factor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+    };
+    warm * decay
+}
+
 fn pick_device(name: &str) -> Result<Device> {
+    let mut built = vec!["flex"];
+    if cfg!(feature = "cuda") {
+        built.push("cuda");
+    }
+    if cfg!(feature = "vulkan") {
+        built.push("vulkan");
+    }
     Ok(match name {
         "flex" => Device::flex(),
         #[cfg(feature = "cuda")]
         "cuda" => Device::cuda(0),
-        other => bail!("device {other:?} is not available in this build (features: flex{})",
-            if cfg!(feature = "cuda") { ", cuda" } else { "" }),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Device::vulkan(burn::tensor::DeviceKind::DefaultDevice),
+        other => bail!("device {other:?} is not available in this build (built with: {})", built.join(", ")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lr_factor;
+
+    #[test]
+    fn schedule_warms_up_holds_and_decays() {
+        assert!((lr_factor(0, 0.0, 200, 0.75, 0.05) - 0.1).abs() < 1e-12);
+        assert!((lr_factor(100, 0.1, 200, 0.75, 0.05) - 0.55).abs() < 1e-12);
+        assert_eq!(lr_factor(500, 0.5, 200, 0.75, 0.05), 1.0);
+        assert!((lr_factor(900, 0.875, 200, 0.75, 0.05) - 0.525).abs() < 1e-12);
+        assert!((lr_factor(1000, 1.0, 200, 0.75, 0.05) - 0.05).abs() < 1e-12);
+        assert_eq!(lr_factor(1000, 1.0, 200, 1.0, 0.05), 1.0);
+    }
 }
 
 /// Write the checkpoint and the exported model, each atomically.
