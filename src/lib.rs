@@ -63,6 +63,8 @@ pub enum Error {
     Image(#[from] image::ImageError),
     #[error("image of {width}x{height} pixels is too large (at most {max} pixels a side)")]
     TooLarge { width: u32, height: u32, max: u32 },
+    #[error("target {0} is not a positive number")]
+    Target(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -154,6 +156,58 @@ pub fn compress_with(model: &Model, image: &DynamicImage, quality: u8) -> Result
         z_shape: shape(n, zh, zw),
     };
     Ok(cae_format::write(&header, &z_stream, &y_stream, &alpha_stream)?)
+}
+
+/// A goal from which [`compress_to_target`] picks the quality.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    /// At most this many bits per pixel (whole file): the highest quality that fits, or the
+    /// lowest quality if none does.
+    Bpp(f64),
+    /// At least this PSNR (RGB, dB): the lowest quality that reaches it, or the highest
+    /// quality if none does.
+    Psnr(f64),
+}
+
+/// Compress at the quality that `target` asks for, found by bisection over the quality
+/// levels (file size and PSNR both grow with the quality, so ⌈log2(levels + 1)⌉ trial
+/// encodings suffice; a PSNR target also decodes each trial). Returns the file and the
+/// quality chosen.
+pub fn compress_to_target(model: &Model, image: &DynamicImage, target: Target) -> Result<(Vec<u8>, u8)> {
+    let value = match target {
+        Target::Bpp(v) | Target::Psnr(v) => v,
+    };
+    if !(value.is_finite() && value > 0.0) {
+        return Err(Error::Target(format!("{value}")));
+    }
+    let levels = model.config.levels() as u8;
+    let pixels = image.width() as f64 * image.height() as f64;
+    let mut files: Vec<Option<Vec<u8>>> = vec![None; levels as usize + 1];
+    // `past(q)` is false for low qualities and true from some quality on.
+    let mut past = |q: u8| -> Result<bool> {
+        let bytes = compress_with(model, image, q)?;
+        let past = match target {
+            Target::Bpp(max) => bytes.len() as f64 * 8.0 / pixels > max,
+            Target::Psnr(min) => psnr(image, &decompress_with(model, &bytes, &Limits::default())?) >= min,
+        };
+        files[q as usize] = Some(bytes);
+        Ok(past)
+    };
+    let (mut lo, mut hi) = (1u8, levels + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if past(mid)? { hi = mid } else { lo = mid + 1 }
+    }
+    // `lo` is the first quality past the target (levels + 1 if none is).
+    let quality = match target {
+        Target::Bpp(_) => lo.saturating_sub(1).max(1),
+        Target::Psnr(_) => lo.min(levels),
+    };
+    let bytes = match files[quality as usize].take() {
+        Some(b) => b,
+        None => compress_with(model, image, quality)?,
+    };
+    Ok((bytes, quality))
 }
 
 /// Check the model-dependent header fields before any network runs.

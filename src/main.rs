@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -43,25 +44,43 @@ impl LimitArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Compress an image (PNG, JPEG, WebP, BMP, TIFF, PNM) into a .cae file.
+    /// Compress an image (PNG, JPEG, WebP, BMP, TIFF, PNM) into a .cae file; with --out-dir,
+    /// any number of images and folders (searched recursively) into one folder.
     Compress {
-        /// Input image, or - for standard input.
-        input: PathBuf,
-        /// Output .cae file, or - for standard output.
-        output: PathBuf,
+        /// IN OUT: input image and output .cae file (- for standard input / output).
+        /// With --out-dir: the images and folders to compress.
+        #[arg(required = true, num_args = 1.., value_name = "PATHS")]
+        paths: Vec<PathBuf>,
+        /// Batch mode: write DIR/<name>.cae for every input, in parallel, going on past bad
+        /// files (the exit code says whether any failed).
+        #[arg(short = 'o', long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
         /// Quality level (1 = smallest file; the model's number of levels = best quality).
         #[arg(short, long, default_value_t = caec::DEFAULT_QUALITY)]
         quality: u8,
+        /// Choose the quality instead: the best one whose file has at most this many bits
+        /// per pixel (the lowest if none fits).
+        #[arg(long, value_name = "BPP", conflicts_with_all = ["quality", "target_psnr"])]
+        target_bpp: Option<f64>,
+        /// Choose the quality instead: the smallest file whose PSNR (RGB) reaches this many dB
+        /// (the best quality if none does).
+        #[arg(long, value_name = "DB", conflicts_with_all = ["quality", "target_bpp"])]
+        target_psnr: Option<f64>,
         /// Overwrite the output if it exists.
         #[arg(short, long)]
         force: bool,
     },
-    /// Decompress a .cae file into an image (format from the output's extension; PNG for -).
+    /// Decompress a .cae file into an image (format from the output's extension; PNG for -);
+    /// with --out-dir, any number of .cae files and folders into PNGs in one folder.
     Decompress {
-        /// Input .cae file, or - for standard input.
-        input: PathBuf,
-        /// Output image, or - for PNG on standard output.
-        output: PathBuf,
+        /// IN OUT: input .cae file and output image (- for standard input / PNG on standard
+        /// output). With --out-dir: the .cae files and folders to decompress.
+        #[arg(required = true, num_args = 1.., value_name = "PATHS")]
+        paths: Vec<PathBuf>,
+        /// Batch mode: write DIR/<name>.png for every input, in parallel, going on past bad
+        /// files (the exit code says whether any failed).
+        #[arg(short = 'o', long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
         /// Overwrite the output if it exists.
         #[arg(short, long)]
         force: bool,
@@ -115,6 +134,7 @@ fn write_output(p: &Path, bytes: &[u8], force: bool) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    let _guard = WriteGuard::enter();
     let mut tmp = tempfile::Builder::new().prefix(".caec-").suffix(".tmp").tempfile_in(dir).with_context(|| name.clone())?;
     tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all()).with_context(|| name.clone())?;
     // Temporary files are private (0600); the output gets the usual mode.
@@ -133,36 +153,249 @@ fn write_output(p: &Path, bytes: &[u8], force: bool) -> Result<()> {
     })
 }
 
+/// Set by Ctrl-C / SIGTERM.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// Temporary output files that exist right now.
+static WRITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks the lifetime of a temporary output file. An interrupt exits at once when no
+/// temporary file exists, else as soon as the last one has been renamed into place or
+/// removed, so an interrupted run leaves only complete files.
+struct WriteGuard;
+
+impl WriteGuard {
+    fn enter() -> Self {
+        WRITING.fetch_add(1, Ordering::SeqCst);
+        WriteGuard
+    }
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        // The temporary file is gone by now (renamed, or removed by its own drop, which runs
+        // before this guard's because it was created after it).
+        if WRITING.fetch_sub(1, Ordering::SeqCst) == 1 && STOP.load(Ordering::SeqCst) {
+            std::process::exit(INTERRUPTED);
+        }
+    }
+}
+
+const INTERRUPTED: i32 = 130;
+
+fn on_interrupt() {
+    STOP.store(true, Ordering::SeqCst);
+    if WRITING.load(Ordering::SeqCst) == 0 {
+        std::process::exit(INTERRUPTED);
+    }
+}
+
+/// The two positional paths of the one-file form.
+fn in_out(paths: &[PathBuf]) -> Result<(&Path, &Path)> {
+    match paths {
+        [input, output] => Ok((input.as_path(), output.as_path())),
+        _ => bail!("expected IN OUT (or several inputs with --out-dir DIR), got {} paths", paths.len()),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Compress,
+    Decompress,
+}
+
+impl Kind {
+    /// Whether a file found in a searched folder is an input of this kind.
+    fn wants(self, p: &Path) -> bool {
+        match self {
+            Kind::Compress => image::ImageFormat::from_path(p).is_ok_and(|f| f.reading_enabled()),
+            Kind::Decompress => p.extension().is_some_and(|e| e.eq_ignore_ascii_case("cae")),
+        }
+    }
+
+    fn out_extension(self) -> &'static str {
+        match self {
+            Kind::Compress => "cae",
+            Kind::Decompress => "png",
+        }
+    }
+}
+
+/// Files under `dir`, recursively, sorted; `rel` is their path relative to `dir`.
+fn walk(dir: &Path, rel: &Path, kind: Kind, out: &mut Vec<(PathBuf, PathBuf)>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| dir.display().to_string())?
+        .filter_map(|e| e.ok())
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let rel = rel.join(e.file_name());
+        if path.is_dir() {
+            walk(&path, &rel, kind, out)?;
+        } else if kind.wants(&path) {
+            out.push((path, rel));
+        }
+    }
+    Ok(())
+}
+
+/// Batch mode: every input file (folders searched recursively) to `out_dir`, keeping the
+/// folder structure below each folder given, in parallel; failures are reported and
+/// counted, and make the command fail at the end.
+fn batch(
+    inputs: &[PathBuf],
+    out_dir: &Path,
+    kind: Kind,
+    force: bool,
+    job: impl Fn(&Path, &Path) -> Result<String> + Sync,
+) -> Result<()> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use rayon::prelude::*;
+    let mut files = Vec::new();
+    for p in inputs {
+        if is_std(p) {
+            bail!("- (standard input) cannot be used with --out-dir");
+        }
+        if p.is_dir() {
+            walk(p, Path::new(""), kind, &mut files)?;
+        } else {
+            let name = p.file_name().ok_or_else(|| anyhow!("{}: not a file name", p.display()))?;
+            files.push((p.clone(), PathBuf::from(name)));
+        }
+    }
+    if files.is_empty() {
+        bail!("no input files found");
+    }
+    std::fs::create_dir_all(out_dir).with_context(|| out_dir.display().to_string())?;
+    let canonical_inputs: std::collections::HashSet<PathBuf> =
+        files.iter().filter_map(|(p, _)| std::fs::canonicalize(p).ok()).collect();
+    let mut seen = std::collections::HashSet::new();
+    let jobs: Vec<(PathBuf, PathBuf)> = files
+        .into_iter()
+        .map(|(input, rel)| (input, out_dir.join(rel.with_extension(kind.out_extension()))))
+        .collect();
+
+    let bar = ProgressBar::new(jobs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} files, ETA {eta} {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    // Outputs that would collide with another job's output or overwrite an input fail
+    // before any work starts.
+    let checked: Vec<(PathBuf, PathBuf, Option<String>)> = jobs
+        .into_iter()
+        .map(|(input, output)| {
+            let problem = if !seen.insert(output.clone()) {
+                Some(format!("{}: another input has the same output name", output.display()))
+            } else if std::fs::canonicalize(&output).is_ok_and(|c| canonical_inputs.contains(&c)) {
+                Some(format!("{}: is an input; not overwriting it", output.display()))
+            } else {
+                None
+            };
+            (input, output, problem)
+        })
+        .collect();
+    let failures: Vec<String> = checked
+        .par_iter()
+        .filter_map(|(input, output, problem)| {
+            let result = match problem {
+                Some(p) => Err(anyhow!("{p}")),
+                None => {
+                    if let Some(parent) = output.parent() {
+                        let _ = std::fs::create_dir_all(parent);
+                    }
+                    if !force && output.exists() {
+                        Err(anyhow!("{}: already exists (use --force to overwrite)", output.display()))
+                    } else {
+                        job(input.as_path(), output.as_path())
+                    }
+                }
+            };
+            bar.inc(1);
+            match result {
+                Ok(summary) => {
+                    bar.set_message(format!("{}: {summary}", input.display()));
+                    None
+                }
+                Err(e) => {
+                    let msg = format!("{}: {}", input.display(), format!("{e:#}").replace('\n', " "));
+                    bar.suspend(|| eprintln!("caec: error: {msg}"));
+                    Some(msg)
+                }
+            }
+        })
+        .collect();
+    bar.finish_and_clear();
+    let total = checked.len();
+    let verb = if kind == Kind::Compress { "compressed" } else { "decompressed" };
+    eprintln!("caec: {} of {total} files {verb} into {}, {} failed", total - failures.len(), out_dir.display(), failures.len());
+    if !failures.is_empty() {
+        bail!("{} of {total} files failed", failures.len());
+    }
+    Ok(())
+}
+
 fn label(p: &Path) -> String {
     if is_std(p) { "<stdin>".into() } else { p.display().to_string() }
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Compress { input, output, quality, force } => {
-            if !force && !is_std(&output) && output.exists() {
-                bail!("{}: already exists (use --force to overwrite)", output.display());
-            }
-            let bytes = read_input(&input)?;
-            let image = caec::read_image(&bytes).with_context(|| label(&input))?;
-            let options = caec::Options { quality, ..caec::Options::default() };
-            let out = caec::compress(&image, &options).with_context(|| label(&input))?;
-            write_output(&output, &out, force)
-        }
-        Command::Decompress { input, output, force, limits } => {
-            if !force && !is_std(&output) && output.exists() {
-                bail!("{}: already exists (use --force to overwrite)", output.display());
-            }
-            let bytes = read_input(&input)?;
-            let image = caec::decompress(&bytes, &limits.limits()).with_context(|| label(&input))?;
-            let format = if is_std(&output) {
-                image::ImageFormat::Png
-            } else {
-                image::ImageFormat::from_path(&output).unwrap_or(image::ImageFormat::Png)
+        Command::Compress { paths, out_dir, quality, target_bpp, target_psnr, force } => {
+            let target = target_bpp.map(caec::Target::Bpp).or(target_psnr.map(caec::Target::Psnr));
+            let model = caec::load_model(&caec::Options::default().model)?;
+            let job = |input: &Path, output: &Path| -> Result<String> {
+                let bytes = read_input(input)?;
+                let image = caec::read_image(&bytes).with_context(|| label(input))?;
+                let (out, q) = match target {
+                    None => (caec::compress_with(&model, &image, quality).with_context(|| label(input))?, quality),
+                    Some(t) => caec::compress_to_target(&model, &image, t).with_context(|| label(input))?,
+                };
+                write_output(output, &out, force)?;
+                let bpp = out.len() as f64 * 8.0 / (image.width() as f64 * image.height() as f64);
+                Ok(format!("quality {q}, {bpp:.3} bpp"))
             };
-            let mut buf = std::io::Cursor::new(Vec::new());
-            image.write_to(&mut buf, format).with_context(|| label(&output))?;
-            write_output(&output, buf.get_ref(), force)
+            match out_dir {
+                Some(dir) => batch(&paths, &dir, Kind::Compress, force, job),
+                None => {
+                    let (input, output) = in_out(&paths)?;
+                    if !force && !is_std(output) && output.exists() {
+                        bail!("{}: already exists (use --force to overwrite)", output.display());
+                    }
+                    let summary = job(input, output)?;
+                    if target.is_some() {
+                        eprintln!("caec: chose {summary}");
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Command::Decompress { paths, out_dir, force, limits } => {
+            let limits = limits.limits();
+            let job = |input: &Path, output: &Path| -> Result<String> {
+                let bytes = read_input(input)?;
+                let image = caec::decompress(&bytes, &limits).with_context(|| label(input))?;
+                let format = if is_std(output) {
+                    image::ImageFormat::Png
+                } else {
+                    image::ImageFormat::from_path(output).unwrap_or(image::ImageFormat::Png)
+                };
+                let mut buf = std::io::Cursor::new(Vec::new());
+                image.write_to(&mut buf, format).with_context(|| label(output))?;
+                write_output(output, buf.get_ref(), force)?;
+                Ok(format!("{}x{}", image.width(), image.height()))
+            };
+            match out_dir {
+                Some(dir) => batch(&paths, &dir, Kind::Decompress, force, job),
+                None => {
+                    let (input, output) = in_out(&paths)?;
+                    if !force && !is_std(output) && output.exists() {
+                        bail!("{}: already exists (use --force to overwrite)", output.display());
+                    }
+                    job(input, output).map(|_| ())
+                }
+            }
         }
         Command::Info { file } => {
             let bytes = read_input(&file)?;
@@ -226,6 +459,9 @@ fn main() -> ExitCode {
         eprintln!("caec: internal error (please report): {msg}");
     }));
     let cli = Cli::parse();
+    if let Err(e) = ctrlc::set_handler(on_interrupt) {
+        eprintln!("caec: warning: cannot catch interrupts: {e}");
+    }
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {

@@ -52,6 +52,23 @@ fn compress_decompress_info_through_files() {
 }
 
 #[test]
+fn target_bpp_chooses_a_quality_and_conflicts_with_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "in.png", 128, 96);
+    let cae = dir.path().join("t.cae").to_str().unwrap().to_string();
+    let out = run(&["compress", "--target-bpp", "100", &png, &cae]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let levels = caec::load_model("default").unwrap().config.levels();
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("chose quality {levels}")));
+    let info = String::from_utf8_lossy(&run(&["info", &cae]).stdout).to_string();
+    assert!(info.contains(&format!("quality:     {levels}")), "{info}");
+    let both = run(&["compress", "-q", "2", "--target-bpp", "1", &png, "-"]);
+    assert!(!both.status.success() && both.stdout.is_empty());
+    let bad = run(&["compress", "--target-psnr", "0", &png, "-"]);
+    assert_eq!(bad.status.code(), Some(1), "{}", String::from_utf8_lossy(&bad.stderr));
+}
+
+#[test]
 fn stdin_and_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let png = write_png(dir.path(), "in.png", 64, 64);
@@ -138,4 +155,97 @@ fn decoding_is_deterministic_across_thread_counts() {
     let (a, b) = (decode("1", "t1.png"), decode("2", "t2.png"));
     let max = a.as_raw().iter().zip(b.as_raw()).map(|(&x, &y)| (x as i32 - y as i32).abs()).max().unwrap();
     assert!(max <= 1, "pixels differ by {max} levels between 1 and 2 threads");
+}
+
+/// Every file under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn batch_mode_goes_on_past_bad_files_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("photos");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    write_png(&src, "a.png", 40, 30);
+    write_png(&src.join("sub"), "b.png", 33, 17);
+    std::fs::write(src.join("broken.png"), b"not a png").unwrap();
+    std::fs::write(src.join("notes.txt"), b"not an image, skipped").unwrap();
+    let single = write_png(dir.path(), "c.png", 20, 20);
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+
+    let r = run(&["compress", src.to_str().unwrap(), &single, "-o", o]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("broken.png") && err.contains("3 of 4 files compressed") && err.contains("1 failed"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(tree(&out), ["a.cae", "c.cae", "sub/b.cae"]);
+    let before = std::fs::read(out.join("a.cae")).unwrap();
+
+    // Again without --force: every output exists, nothing is replaced, the command fails.
+    let r = run(&["compress", src.join("a.png").to_str().unwrap(), "-o", o]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(out.join("a.cae")).unwrap(), before);
+
+    // Decompress the folder back; an output may never replace an input.
+    let back = dir.path().join("back");
+    let r = run(&["decompress", o, "-o", back.to_str().unwrap()]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(tree(&back), ["a.png", "c.png", "sub/b.png"]);
+    let b = image::open(back.join("sub/b.png")).unwrap();
+    assert_eq!((b.width(), b.height()), (33, 17));
+    let r = run(&["compress", src.join("a.png").to_str().unwrap(), "-o", src.to_str().unwrap()]);
+    assert!(r.status.success(), "a.cae beside a.png is not an input");
+    // Compressing x.cae into its own folder would replace the input: refused even with --force.
+    let x = dir.path().join("x.cae");
+    std::fs::copy(out.join("a.cae"), &x).unwrap();
+    let r = run(&["compress", x.to_str().unwrap(), "--force", "-o", dir.path().to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("is an input"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&x).unwrap(), before);
+    let r = run(&["compress", "-", "-o", o]);
+    assert_clean_failure(&r, "standard input");
+}
+
+#[cfg(unix)]
+#[test]
+fn an_interrupted_batch_leaves_only_complete_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..40 {
+        write_png(&src, &format!("{i:02}.png"), 256, 192);
+    }
+    let out = dir.path().join("out");
+    let mut child = caec()
+        .args(["compress", src.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    let files = tree(&out);
+    assert_eq!(status.code(), Some(130), "interrupted: {files:?}");
+    assert!(files.len() < 40, "{files:?}");
+    for f in &files {
+        assert!(f.ends_with(".cae"), "leftover {f}");
+        let bytes = std::fs::read(out.join(f)).unwrap();
+        caec::decompress(&bytes, &caec::Limits::default()).unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
 }

@@ -101,3 +101,38 @@ fn oversized_images_are_refused_before_any_work() {
         Err(caec::Error::Quality { .. })
     ));
 }
+
+#[test]
+fn target_bpp_and_psnr_pick_the_right_quality() {
+    use caec::{compress_to_target, compress_with, decompress_with, Target};
+    let model = caec::load_model("default").unwrap();
+    let levels = model.config.levels() as u8;
+    let img = DynamicImage::ImageRgb8(common::synthetic(192, 128, 9));
+    let px = (192 * 128) as f64;
+    // Every level's bpp and PSNR, to check the bisection against an exhaustive choice.
+    let points: Vec<(f64, f64)> = (1..=levels)
+        .map(|q| {
+            let b = compress_with(&model, &img, q).unwrap();
+            let back = decompress_with(&model, &b, &Limits::default()).unwrap();
+            (b.len() as f64 * 8.0 / px, psnr(&img, &back))
+        })
+        .collect();
+    let best_under = |max: f64| (1..=levels).rev().find(|&q| points[q as usize - 1].0 <= max).unwrap_or(1);
+    let first_reaching = |min: f64| (1..=levels).find(|&q| points[q as usize - 1].1 >= min).unwrap_or(levels);
+    for i in 0..levels as usize {
+        for target in [points[i].0, points[i].0 * 0.999, points[i].0 * 1.001] {
+            let (bytes, q) = compress_to_target(&model, &img, Target::Bpp(target)).unwrap();
+            assert_eq!(q, best_under(target), "bpp target {target} in {points:?}");
+            assert_eq!(bytes, compress_with(&model, &img, q).unwrap());
+        }
+        for target in [points[i].1, points[i].1 - 0.01, points[i].1 + 0.01] {
+            let (_, q) = compress_to_target(&model, &img, Target::Psnr(target)).unwrap();
+            assert_eq!(q, first_reaching(target), "PSNR target {target} in {points:?}");
+        }
+    }
+    assert_eq!(compress_to_target(&model, &img, Target::Bpp(1e-6)).unwrap().1, 1);
+    assert_eq!(compress_to_target(&model, &img, Target::Psnr(99.0)).unwrap().1, levels);
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        assert!(matches!(compress_to_target(&model, &img, Target::Bpp(bad)), Err(caec::Error::Target(_))));
+    }
+}
