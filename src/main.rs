@@ -92,7 +92,8 @@ enum Command {
         /// The .cae file, or - for standard input.
         file: PathBuf,
     },
-    /// Compare two images of the same size: PSNR (RGB, 8-bit) of B against A.
+    /// Compare two images of the same size: PSNR (RGB, 8-bit), largest difference and
+    /// MS-SSIM (RGB mean; n/a under 11 pixels a side) of B against A.
     Compare {
         /// The reference image.
         a: PathBuf,
@@ -424,7 +425,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             let (ra, rb) = (ia.to_rgb8(), ib.to_rgb8());
             let max = ra.as_raw().iter().zip(rb.as_raw()).map(|(&x, &y)| x.abs_diff(y)).max().unwrap_or(0);
-            println!("psnr {:.4} max_diff {max}", caec::psnr(&ia, &ib));
+            let ms_ssim = caec::metrics::ms_ssim(&ra, &rb).map_or("n/a".to_string(), |v| format!("{v:.6}"));
+            println!("psnr {:.4} max_diff {max} ms_ssim {ms_ssim}", caec::psnr(&ia, &ib));
             Ok(())
         }
         Command::Digest { file } => {

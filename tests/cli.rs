@@ -46,6 +46,11 @@ fn compress_decompress_info_through_files() {
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(info.status.success());
     assert!(text.contains("100x75") && text.contains("bpp:") && text.contains("(default)"), "{text}");
+    let cmp = String::from_utf8(run(&["compare", &png, &back]).stdout).unwrap();
+    let fields: Vec<&str> = cmp.split_whitespace().collect();
+    assert_eq!((fields[0], fields[2], fields[4]), ("psnr", "max_diff", "ms_ssim"), "{cmp}");
+    let (p, ms): (f64, f64) = (fields[1].parse().unwrap(), fields[5].parse().unwrap());
+    assert!(p > 25.0 && ms > 0.8 && ms < 1.0, "{cmp}");
     // No temporary files left behind.
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 3, "{names:?}");

@@ -107,3 +107,120 @@ fn limits_are_enforced_before_decoding() {
         Err(Error::Format(caec::FormatError::LimitExceeded { what: "pixels", .. }))
     ));
 }
+
+mod mutations {
+    //! Property-based mutation of real files (flips, byte writes, insertions, deletions,
+    //! truncations, 32-bit writes over header fields such as sizes, shapes and stream
+    //! lengths). `PROPTEST_CASES` sets the number of cases (1000 by default).
+    use std::sync::OnceLock;
+
+    use caec::{compress, decompress, Limits, Options};
+    use image::{DynamicImage, GrayImage, RgbaImage};
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use super::{common, with_fixed_crc};
+
+    /// Real files: RGB at the lowest quality, grayscale at the highest, RGBA (with an alpha stream).
+    fn files() -> &'static [Vec<u8>] {
+        static FILES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+        FILES.get_or_init(|| {
+            let rgb = DynamicImage::ImageRgb8(common::synthetic(64, 48, 2));
+            let gray = DynamicImage::ImageLuma8(GrayImage::from_fn(40, 33, |x, y| image::Luma([(x * 5 + y * 3) as u8])));
+            let rgba = DynamicImage::ImageRgba8(RgbaImage::from_fn(37, 20, |x, y| image::Rgba([x as u8 * 6, y as u8 * 9, 90, (x * y) as u8])));
+            let levels = caec::load_model("default").unwrap().config.levels() as u8;
+            vec![
+                compress(&rgb, &Options { quality: 1, ..Options::default() }).unwrap(),
+                compress(&gray, &Options { quality: levels, ..Options::default() }).unwrap(),
+                compress(&rgba, &Options::default()).unwrap(),
+            ]
+        })
+    }
+
+    #[derive(Clone, Debug)]
+    enum Mutation {
+        Flip(Index, u8),
+        Set(Index, u8),
+        Insert(Index, Vec<u8>),
+        Delete(Index, usize),
+        Truncate(Index),
+        /// A big-endian u32 written over four header bytes.
+        HeaderWord(Index, u32),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<Index>(), 0u8..8).prop_map(|(i, b)| Mutation::Flip(i, b)),
+            (any::<Index>(), any::<u8>()).prop_map(|(i, v)| Mutation::Set(i, v)),
+            (any::<Index>(), prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(i, v)| Mutation::Insert(i, v)),
+            (any::<Index>(), 1usize..32).prop_map(|(i, n)| Mutation::Delete(i, n)),
+            any::<Index>().prop_map(Mutation::Truncate),
+            (any::<Index>(), any::<u32>()).prop_map(|(i, v)| Mutation::HeaderWord(i, v)),
+        ]
+    }
+
+    fn apply(b: &mut Vec<u8>, m: &Mutation) {
+        let len = b.len();
+        if len == 0 {
+            return;
+        }
+        match m {
+            Mutation::Flip(i, bit) => b[i.index(len)] ^= 1 << bit,
+            Mutation::Set(i, v) => b[i.index(len)] = *v,
+            Mutation::Insert(i, v) => {
+                let at = i.index(len + 1);
+                b.splice(at..at, v.iter().copied());
+            }
+            Mutation::Delete(i, n) => {
+                let at = i.index(len);
+                b.drain(at..(at + n).min(len));
+            }
+            Mutation::Truncate(i) => b.truncate(i.index(len)),
+            Mutation::HeaderWord(i, v) => {
+                let span = cae_format::HEADER_LEN.min(len).saturating_sub(3);
+                if span > 0 {
+                    let at = i.index(span);
+                    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+                }
+            }
+        }
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), max_global_rejects: 1 << 20, ..ProptestConfig::default() })]
+
+        /// Any change to a file is caught (by the CRC or before it), with an error.
+        #[test]
+        fn every_mutated_file_is_rejected(file in 0..3usize, muts in prop::collection::vec(mutation(), 1..4)) {
+            let original = &files()[file];
+            let mut b = original.clone();
+            for m in &muts {
+                apply(&mut b, m);
+            }
+            prop_assume!(b != *original);
+            prop_assert!(decompress(&b, &Limits::default()).is_err(), "a corrupted file was accepted: {muts:?}");
+        }
+
+        /// With the CRC recomputed, only the semantic checks stand between a mutation and the
+        /// decoder: the result may be an error or an image, never a panic, and an image has the
+        /// size its header gives.
+        #[test]
+        fn mutated_files_with_a_valid_crc_never_panic(file in 0..3usize, muts in prop::collection::vec(mutation(), 1..3)) {
+            let mut b = files()[file].clone();
+            for m in &muts {
+                apply(&mut b, m);
+            }
+            prop_assume!(b.len() >= cae_format::MIN_FILE_LEN);
+            let b = with_fixed_crc(b);
+            let limits = Limits { max_pixels: 1 << 16, ..Limits::default() };
+            if let Ok(img) = decompress(&b, &limits) {
+                let h = cae_format::parse_header(&b).unwrap();
+                prop_assert_eq!((img.width(), img.height()), (h.width, h.height));
+            }
+        }
+    }
+}

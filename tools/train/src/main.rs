@@ -82,6 +82,13 @@ struct Args {
     /// a compact copy of the training set to carry to another machine.
     #[arg(long)]
     save_data: Option<PathBuf>,
+    /// Validation images, coded with real bitstreams (whole-file bpp, PSNR, MS-SSIM) at every
+    /// checkpoint into out/val.csv. Default: `$CAEC_CORPUS/kodak` when that exists.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// How many validation images to code at each checkpoint (the first by name; 0 = none).
+    #[arg(long, default_value_t = 4)]
+    val_images: usize,
     /// Resume from a checkpoint written by an earlier run (out/checkpoint.bpk).
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -108,6 +115,12 @@ fn main() -> Result<()> {
         }
         eprintln!("wrote {} images to {}", images.len(), dir.display());
         return Ok(());
+    }
+    let val_images = load_validation(&args)?;
+    let val_path = args.out.join("val.csv");
+    let mut val_log = std::fs::OpenOptions::new().create(true).append(true).open(&val_path)?;
+    if val_log.metadata()?.len() == 0 {
+        writeln!(val_log, "step,quality,bpp,psnr,ms_ssim,estimated_bpp,estimated_psnr")?;
     }
     let device = pick_device(&args.device)?.autodiff();
     device.seed(args.seed);
@@ -175,7 +188,11 @@ fn main() -> Result<()> {
         bar.set_message(format!("q{} loss {loss_v:.3} bpp~{:.3} psnr~{:.2}", q + 1, e.0, e.1));
         bar.inc(1);
         if last_ckpt.elapsed().as_secs_f64() > args.checkpoint_minutes * 60.0 {
-            save(&model, &config, step, &args.out, &device)?;
+            let bytes = save(&model, &config, step, &args.out, &device)?;
+            if !val_images.is_empty() {
+                let summary = validate(&bytes, &model, &device, &val_images, step, &mut val_log)?;
+                bar.suspend(|| eprintln!("{summary}"));
+            }
             last_ckpt = Instant::now();
         }
     }
@@ -183,7 +200,10 @@ fn main() -> Result<()> {
     if stop.load(Ordering::SeqCst) {
         eprintln!("interrupted: saving a checkpoint at step {step}");
     }
-    save(&model, &config, step, &args.out, &device)?;
+    let bytes = save(&model, &config, step, &args.out, &device)?;
+    if !val_images.is_empty() {
+        eprintln!("{}", validate(&bytes, &model, &device, &val_images, step, &mut val_log)?);
+    }
     eprintln!(
         "trained {} steps in {:.1} min ({:.2} steps/s, {:.1} crops/s); wrote {}",
         step - step0,
@@ -241,12 +261,105 @@ mod tests {
     }
 }
 
-/// Write the checkpoint and the exported model, each atomically.
-fn save(model: &net::Net, config: &ModelConfig, step: usize, out: &std::path::Path, device: &Device) -> Result<()> {
+/// Write the checkpoint and the exported model, each atomically; returns the model file.
+fn save(model: &net::Net, config: &ModelConfig, step: usize, out: &std::path::Path, device: &Device) -> Result<Vec<u8>> {
     net::save_checkpoint(model, step, &out.join("checkpoint.bpk"))?;
     let bytes = model.export(config, &device.clone().without_autodiff());
     let tmp = out.join("model.caem.tmp");
-    std::fs::write(&tmp, bytes)?;
+    std::fs::write(&tmp, &bytes)?;
     std::fs::rename(&tmp, out.join("model.caem"))?;
-    Ok(())
+    Ok(bytes)
+}
+
+/// The validation images: `--val`, else `$CAEC_CORPUS/kodak` if it exists; the first
+/// `--val-images` by name.
+fn load_validation(args: &Args) -> Result<Vec<(String, image::DynamicImage)>> {
+    if args.val_images == 0 {
+        return Ok(Vec::new());
+    }
+    let dir = match &args.val {
+        Some(d) => d.clone(),
+        None => match std::env::var_os("CAEC_CORPUS").map(|c| PathBuf::from(c).join("kodak")) {
+            Some(d) if d.is_dir() => d,
+            _ => {
+                eprintln!("no validation images (set CAEC_CORPUS or --val)");
+                return Ok(Vec::new());
+            }
+        },
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}: cannot list", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| image::ImageFormat::from_path(p).is_ok())
+        .collect();
+    paths.sort();
+    paths.truncate(args.val_images);
+    let images = paths
+        .iter()
+        .map(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            image::open(p).map(|i| (name, i)).with_context(|| p.display().to_string())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<&str> = images.iter().map(|(n, _)| n.as_str()).collect();
+    eprintln!("validation images: {}", names.join(", "));
+    Ok(images)
+}
+
+/// Code the validation images at every quality with the exported model, through the real
+/// encoder and decoder; log mean bpp (whole file), PSNR and MS-SSIM per quality, beside the
+/// rate and PSNR the float model estimates with rounding (NaN for sizes that are not
+/// multiples of 64), so that the cost of the integer tables, the escapes and the header shows.
+fn validate(
+    model_bytes: &[u8],
+    net: &net::Net,
+    device: &Device,
+    images: &[(String, image::DynamicImage)],
+    step: usize,
+    log: &mut std::fs::File,
+) -> Result<String> {
+    let model = cae_models::Model::from_bytes("validation", model_bytes, &Device::flex())
+        .map_err(|e| anyhow::anyhow!("exported model does not load: {e}"))?;
+    let eval = net.valid();
+    let eval_device = device.clone().without_autodiff();
+    let mut parts = Vec::new();
+    for q in 1..=model.config.levels() as u8 {
+        let (mut bpp, mut psnr, mut ms_ssim, mut est_bpp, mut est_psnr) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (_, img) in images {
+            let file = caec::compress_with(&model, img, q)?;
+            let back = caec::decompress_with(&model, &file, &caec::Limits::default())?;
+            bpp += file.len() as f64 * 8.0 / (img.width() as f64 * img.height() as f64);
+            psnr += caec::psnr(img, &back);
+            ms_ssim += caec::metrics::ms_ssim(&img.to_rgb8(), &back.to_rgb8()).unwrap_or(f64::NAN);
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            if w % 64 == 0 && h % 64 == 0 {
+                let rgb = img.to_rgb8();
+                let mut planes = vec![0f32; 3 * w * h];
+                for (i, p) in rgb.pixels().enumerate() {
+                    for c in 0..3 {
+                        planes[c * w * h + i] = p.0[c] as f32 / 255.0;
+                    }
+                }
+                let x = Tensor::<4>::from_data(TensorData::new(planes, [1, 3, h, w]), &eval_device);
+                let (b, mse) = eval.estimate(x, q as usize - 1);
+                est_bpp += b;
+                est_psnr += 10.0 * (1.0 / mse.max(1e-10)).log10();
+            } else {
+                est_bpp = f64::NAN;
+                est_psnr = f64::NAN;
+            }
+        }
+        let n = images.len() as f64;
+        writeln!(
+            log,
+            "{step},{q},{:.5},{:.4},{:.6},{:.5},{:.4}",
+            bpp / n,
+            psnr / n,
+            ms_ssim / n,
+            est_bpp / n,
+            est_psnr / n
+        )?;
+        parts.push(format!("q{q} {:.3} bpp {:.2} dB (estimated {:.3} bpp)", bpp / n, psnr / n, est_bpp / n));
+    }
+    Ok(format!("validation at step {step} ({} images): {}", images.len(), parts.join(", ")))
 }

@@ -71,6 +71,29 @@ impl Net {
         Output { mse, bpp }
     }
 
+    /// The rate the model expects with inference quantisation (rounding around the means,
+    /// z rounded), in bits per pixel of `x`, and the MSE of the decoded image: what real files
+    /// would give with ideal entropy coding and float probability models. Call on the
+    /// non-autodiff module (`valid()`).
+    pub fn estimate(&self, x: Tensor<4>, q: usize) -> (f64, f64) {
+        let [b, _, h, w] = x.dims();
+        let qs = vec![q; b];
+        let y = self.gains.apply(self.g_a.forward(x.clone()), &qs);
+        let z_hat = self.h_a.forward(y.clone()).round();
+        let z_lik = self.density.likelihood(z_hat.clone());
+        let (scales, means) = self.h_s.forward(z_hat);
+        let scales = scales.clamp_min(SCALE_MIN as f32);
+        let y_hat = (y - means.clone()).round() + means.clone();
+        let v = (y_hat.clone() - means).abs();
+        let upper = phi((v.clone().neg() + 0.5) / scales.clone());
+        let lower = phi((v.neg() - 0.5) / scales);
+        let y_lik = (upper - lower).clamp_min(LIKELIHOOD_BOUND);
+        let bits = (y_lik.log().sum() + z_lik.log().sum()).into_scalar::<f32>() as f64 / -std::f64::consts::LN_2;
+        let x_hat = self.g_s.forward(self.gains.invert(y_hat, &qs)).clamp(0.0, 1.0);
+        let mse = (x_hat - x).square().mean().into_scalar::<f32>() as f64;
+        (bits / (b * h * w) as f64, mse)
+    }
+
     /// The embeddable model file.
     pub fn export(&self, cfg: &ModelConfig, device: &Device) -> Vec<u8> {
         let m = self.valid();
