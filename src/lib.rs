@@ -95,6 +95,22 @@ pub struct Symbols {
     pub y_tables: Vec<u16>,
 }
 
+impl Symbols {
+    /// SHA-256 (hex) of z and y (i32, little-endian) and the y table indices (u16): equal on
+    /// every machine for the same file.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for v in self.z.iter().chain(&self.y) {
+            h.update(v.to_le_bytes());
+        }
+        for t in &self.y_tables {
+            h.update(t.to_le_bytes());
+        }
+        format!("{:x}", h.finalize())
+    }
+}
+
 /// Compress an image into a `.cae` file.
 pub fn compress(image: &DynamicImage, options: &Options) -> Result<Vec<u8>> {
     let model = load_model(&options.model)?;

@@ -434,14 +434,7 @@ fn run(cli: Cli) -> Result<()> {
             let bytes = read_input(&file)?;
             let limits = caec::Limits::default();
             let s = caec::decode_symbols(&bytes, &limits).with_context(|| label(&file))?;
-            let mut h = Sha256::new();
-            for v in s.z.iter().chain(&s.y) {
-                h.update(v.to_le_bytes());
-            }
-            for t in &s.y_tables {
-                h.update(t.to_le_bytes());
-            }
-            println!("symbols {:x}", h.finalize());
+            println!("symbols {}", s.digest());
             let img = caec::decompress(&bytes, &limits).with_context(|| label(&file))?;
             println!("pixels {:x}", Sha256::digest(img.as_bytes()));
             Ok(())
