@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Decoding must not depend on the thread count or on burn-flex's SIMD kernels: a file
 # encoded once must entropy-decode to identical symbols (and table indices) and to pixels
-# within one level with RAYON_NUM_THREADS=1/2/4, in a build with `simd` and one without.
+# within one level with RAYON_NUM_THREADS=1/2/4, in a debug build with `simd`, one without,
+# and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bin caec
 cargo build --quiet --bin caec --no-default-features --target-dir target/nosimd
+cargo build --quiet --release --bin caec
 simd=target/debug/caec
-nosimd=target/nosimd/debug/caec
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 if [ -n "${CAEC_CORPUS:-}" ]; then
   input="$CAEC_CORPUS/kodak/kodim05.png"
@@ -19,10 +20,11 @@ else
 fi
 "$simd" compress "$input" "$tmp/x.cae"
 ref=""
-for bin in "$simd" "$nosimd"; do
+for build in debug:target/debug/caec nosimd:target/nosimd/debug/caec release:target/release/caec; do
+  name=${build%%:*}; bin=${build#*:}
   for t in 1 2 4; do
     sym=$(RAYON_NUM_THREADS=$t "$bin" digest "$tmp/x.cae" | awk '/^symbols/ {print $2}')
-    out="$tmp/$t-$(basename "$(dirname "$(dirname "$bin")")").png"
+    out="$tmp/$t-$name.png"
     RAYON_NUM_THREADS=$t "$bin" decompress "$tmp/x.cae" "$out"
     if [ -z "$ref" ]; then ref=$sym; first=$out; fi
     if [ "$sym" != "$ref" ]; then

@@ -1,7 +1,5 @@
 use burn::module::Param;
 use burn::prelude::*;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 
 const PEDESTAL: f32 = 1.0 / (1 << 18) as f32;
 const BETA_MIN: f32 = 1e-6;
@@ -31,17 +29,56 @@ impl Gdn {
         }
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [_, c, _, _] = x.dims();
+    /// beta and gamma after the reparametrisation: `[c]` and `[c_out, c_in]`.
+    fn effective(&self) -> (Tensor<1>, Tensor<2>) {
         let beta_bound = (BETA_MIN + PEDESTAL).sqrt();
         let beta = crate::lower_bound(self.beta.val(), beta_bound).square() - PEDESTAL;
         let gamma = crate::lower_bound(self.gamma.val(), PEDESTAL.sqrt()).square() - PEDESTAL;
-        let norm = conv2d(
-            x.clone().square(),
-            gamma.reshape([c, c, 1, 1]),
-            Some(beta),
-            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
-        );
+        (beta, gamma)
+    }
+
+    /// The normaliser `sqrt(beta + gamma · x²)` is a 1x1 convolution of x², computed as one
+    /// matrix product per image, `gamma [c, c] @ x² [c, h·w]`: the same sum, but its gradient
+    /// with respect to gamma is a matrix product too (burn-flex computes the gradient of a 1x1
+    /// convolution's weight as one matrix-vector product per output channel).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let (beta, gamma) = self.effective();
+        let x2 = x.clone().square().reshape([b, c, h * w]);
+        let norm = (gamma.unsqueeze::<3>().matmul(x2) + beta.reshape([1, c, 1])).reshape([b, c, h, w]);
         if self.inverse { x * norm.sqrt() } else { x / norm.sqrt() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+
+    /// The normaliser as burn's own 1x1 convolution, the reference for the matrix form.
+    fn forward_by_conv(g: &Gdn, x: Tensor<4>) -> Tensor<4> {
+        let [_, c, _, _] = x.dims();
+        let (beta, gamma) = g.effective();
+        let norm = conv2d(x.clone().square(), gamma.reshape([c, c, 1, 1]), Some(beta), ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+        if g.inverse { x * norm.sqrt() } else { x / norm.sqrt() }
+    }
+
+    #[test]
+    fn matrix_form_matches_burns_convolution() {
+        let dev = Device::flex();
+        dev.seed(5);
+        for inverse in [false, true] {
+            let mut g = Gdn::new(16, inverse, &dev);
+            // Non-trivial gamma and beta.
+            g.gamma = Param::from_tensor(Tensor::<2>::random([16, 16], burn::tensor::Distribution::Uniform(0.0, 0.6), &dev));
+            g.beta = Param::from_tensor(Tensor::<1>::random([16], burn::tensor::Distribution::Uniform(0.5, 1.5), &dev));
+            let x = Tensor::<4>::random([3, 16, 9, 7], burn::tensor::Distribution::Normal(0.0, 2.0), &dev);
+            let a: Vec<f32> = g.forward(x.clone()).into_data().try_into_vec_as().unwrap();
+            let b: Vec<f32> = forward_by_conv(&g, x).into_data().try_into_vec_as().unwrap();
+            for (i, (&p, &q)) in a.iter().zip(&b).enumerate() {
+                assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "inverse {inverse}, element {i}: {p} vs {q}");
+            }
+        }
     }
 }
