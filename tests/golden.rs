@@ -1,0 +1,101 @@
+//! Golden files: committed `.cae` files (tests/golden/) and what they must decode to.
+//!
+//! Each line of `tests/golden/manifest.txt` names a file, the digest of its entropy-decoded
+//! symbols (`caec::Symbols::digest`, exact on every machine) and its size; `NAME.png` beside
+//! it holds the pixels it decoded to when it was written, which every later build must
+//! reproduce within one level. A change that makes an existing file decode differently must
+//! bump the format version and keep decoding the old version as before; a model that wrote a
+//! golden file must stay in the model registry (`crates/cae-models`) for good.
+//!
+//! New golden files (never replacing existing ones) are written by
+//! `CAEC_WRITE_GOLDEN=1 cargo test --test golden -- --ignored`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use caec::{decode_symbols, decompress, Limits};
+use image::{DynamicImage, GenericImageView};
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+struct Entry {
+    name: String,
+    symbols: String,
+    width: u32,
+    height: u32,
+}
+
+fn manifest() -> Vec<Entry> {
+    let text = std::fs::read_to_string(dir().join("manifest.txt")).expect("tests/golden/manifest.txt");
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "manifest line {l:?}: NAME SYMBOLS WxH");
+            let (w, h) = f[2].split_once('x').expect("WxH");
+            Entry { name: f[0].to_string(), symbols: f[1].to_string(), width: w.parse().unwrap(), height: h.parse().unwrap() }
+        })
+        .collect()
+}
+
+#[test]
+fn golden_files_decode_as_they_always_did() {
+    let entries = manifest();
+    assert!(entries.len() >= 3, "the golden set is missing");
+    for e in entries {
+        let bytes = std::fs::read(dir().join(&e.name)).unwrap();
+        let symbols = decode_symbols(&bytes, &Limits::default()).unwrap_or_else(|err| panic!("{}: {err}", e.name));
+        assert_eq!(symbols.digest(), e.symbols, "{}: entropy-decoded symbols changed", e.name);
+        let img = decompress(&bytes, &Limits::default()).unwrap();
+        assert_eq!(img.dimensions(), (e.width, e.height), "{}", e.name);
+        let reference = image::open(dir().join(&e.name).with_extension("png")).unwrap();
+        assert_eq!(img.color(), reference.color(), "{}: colour type changed", e.name);
+        let max = img.as_bytes().iter().zip(reference.as_bytes()).map(|(&a, &b)| a.abs_diff(b)).max().unwrap_or(0);
+        assert!(max <= 1, "{}: pixels differ by {max} levels from the reference", e.name);
+    }
+}
+
+/// Inputs of the golden set: RGB at the lowest and highest quality, grayscale, RGBA.
+fn inputs() -> Vec<(&'static str, DynamicImage, u8)> {
+    let levels = caec::load_model("default").unwrap().config.levels() as u8;
+    let rgb = DynamicImage::ImageRgb8(common::synthetic(96, 64, 11));
+    let g = common::synthetic(33, 47, 12);
+    let gray = DynamicImage::ImageLuma8(image::GrayImage::from_fn(33, 47, |x, y| image::Luma([g.get_pixel(x, y).0[1]])));
+    let c = common::synthetic(40, 30, 13);
+    let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(40, 30, |x, y| {
+        let p = c.get_pixel(x, y).0;
+        image::Rgba([p[0], p[1], p[2], (x * 6 + y) as u8])
+    }));
+    vec![("rgb-q1", rgb.clone(), 1), ("rgb-top", rgb, levels), ("gray", gray, caec::DEFAULT_QUALITY), ("rgba", rgba, caec::DEFAULT_QUALITY)]
+}
+
+#[test]
+#[ignore = "writes new golden files; run with CAEC_WRITE_GOLDEN=1"]
+fn write_new_golden_files() {
+    if std::env::var_os("CAEC_WRITE_GOLDEN").is_none() {
+        return;
+    }
+    std::fs::create_dir_all(dir()).unwrap();
+    let model = caec::load_model("default").unwrap();
+    let existing: Vec<String> = if dir().join("manifest.txt").exists() { manifest().into_iter().map(|e| e.name).collect() } else { Vec::new() };
+    let mut lines = String::new();
+    for (stem, img, q) in inputs() {
+        let name = format!("{stem}-{:016x}.cae", model.id);
+        if existing.contains(&name) || dir().join(&name).exists() {
+            continue;
+        }
+        let bytes = caec::compress_with(&model, &img, q).unwrap();
+        let back = decompress(&bytes, &Limits::default()).unwrap();
+        std::fs::write(dir().join(&name), &bytes).unwrap();
+        back.save(dir().join(&name).with_extension("png")).unwrap();
+        let digest = decode_symbols(&bytes, &Limits::default()).unwrap().digest();
+        lines += &format!("{name} {digest} {}x{}\n", img.width(), img.height());
+    }
+    let path = dir().join("manifest.txt");
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# NAME SYMBOLS-SHA256 WxH (see tests/golden.rs)\n".into());
+    text += &lines;
+    std::fs::write(path, text).unwrap();
+}
