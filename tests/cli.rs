@@ -242,7 +242,12 @@ fn an_interrupted_batch_leaves_only_complete_files() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(600));
+    // The output folder appears once the handler is installed and the work has started.
+    let t0 = std::time::Instant::now();
+    while !out.exists() && t0.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
     let files = tree(&out);
