@@ -211,12 +211,7 @@ fn load_images(quick: bool) -> Result<Vec<(String, RgbImage)>> {
     let mut images = Vec::new();
     match dir {
         Some(dir) => {
-            let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .with_context(|| format!("{}: cannot list", dir.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| image::ImageFormat::from_path(p).is_ok())
-                .collect();
-            paths.sort();
+            let mut paths = caec::image_files(&dir).with_context(|| format!("{}: cannot list", dir.display()))?;
             if quick {
                 paths.truncate(2);
             }

@@ -318,6 +318,22 @@ fn decode_file(model: &Model, file: &cae_format::CaeFile) -> Result<DynamicImage
     Ok(pixels::assemble(&planes, pw, ph, h.width, h.height, h.colour, alpha))
 }
 
+/// Whether a file name's extension is an image format this build reads.
+pub fn is_image_path(p: &std::path::Path) -> bool {
+    image::ImageFormat::from_path(p).is_ok_and(|f| f.reading_enabled())
+}
+
+/// The image files directly in `dir` (not in subfolders) that [`is_image_path`] accepts,
+/// sorted by name.
+pub fn image_files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_image_path(p))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 /// What `caec info` shows.
 #[derive(Clone, Debug)]
 pub struct Info {

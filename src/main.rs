@@ -208,7 +208,7 @@ impl Kind {
     /// Whether a file found in a searched folder is an input of this kind.
     fn wants(self, p: &Path) -> bool {
         match self {
-            Kind::Compress => image::ImageFormat::from_path(p).is_ok_and(|f| f.reading_enabled()),
+            Kind::Compress => caec::is_image_path(p),
             Kind::Decompress => p.extension().is_some_and(|e| e.eq_ignore_ascii_case("cae")),
         }
     }

@@ -287,12 +287,7 @@ fn load_validation(args: &Args) -> Result<Vec<(String, image::DynamicImage)>> {
             }
         },
     };
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("{}: cannot list", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| image::ImageFormat::from_path(p).is_ok())
-        .collect();
-    paths.sort();
+    let mut paths = caec::image_files(&dir).with_context(|| format!("{}: cannot list", dir.display()))?;
     paths.truncate(args.val_images);
     let images = paths
         .iter()
