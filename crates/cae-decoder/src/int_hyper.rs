@@ -4,9 +4,9 @@
 //! decoder must compute exactly the same thing on every machine, thread count and SIMD path.
 //! The network is trained in floats and converted once, at export, to fixed point: weights
 //! as integers with a power-of-two scale per output channel, activations with
-//! [`FRAC_BITS`] fractional bits, 64-bit accumulation, round-half-up shifts and a clipped
-//! ReLU. Integer addition is associative, so the result does not depend on the order in
-//! which threads add the terms.
+//! [`FRAC_BITS`] fractional bits, exact accumulation (integer-valued f64 sums below 2^53),
+//! round-half-up shifts and a clipped ReLU. Exact addition is associative, so the result does
+//! not depend on the order in which threads or vector lanes add the terms.
 
 use rayon::prelude::*;
 
@@ -126,15 +126,21 @@ impl IntConv {
         assert_eq!(input.len(), self.c_in * h * w, "input size");
         let (ho, wo) = self.out_size(h, w);
         let k = self.kind.kernel();
+        // The sums are computed in f64, which holds them exactly: every product is an integer
+        // below 2^15 · 2^24 = 2^39 in magnitude and every partial sum one below c_in·k²·2^39 < 2^53,
+        // so each addition is exact and the result does not depend on order or vector width —
+        // and f64 arithmetic vectorises where i64 multiplication does not.
+        assert!(self.c_in * k * k < 1 << 14, "layer too wide for exact f64 accumulation");
+        let input: Vec<f64> = input.iter().map(|&v| v as f64).collect();
         let mut out = vec![0i32; self.c_out * ho * wo];
         out.par_chunks_mut(ho * wo).enumerate().for_each(|(o, plane)| {
-            let mut acc = vec![0i64; ho * wo];
+            let mut acc = vec![0f64; ho * wo];
             for i in 0..self.c_in {
                 let src = &input[i * h * w..(i + 1) * h * w];
                 for ky in 0..k {
                     for kx in 0..k {
-                        let wv = self.weight[((o * self.c_in + i) * k + ky) * k + kx] as i64;
-                        if wv == 0 {
+                        let wv = self.weight[((o * self.c_in + i) * k + ky) * k + kx] as f64;
+                        if wv == 0.0 {
                             continue;
                         }
                         match self.kind {
@@ -150,7 +156,7 @@ impl IntConv {
                                     for (ix, &v) in srow.iter().enumerate() {
                                         let ox = (2 * ix + kx) as isize - 2;
                                         if ox >= 0 && ox < wo as isize {
-                                            row[ox as usize] += wv * v as i64;
+                                            row[ox as usize] += wv * v;
                                         }
                                     }
                                 }
@@ -167,7 +173,7 @@ impl IntConv {
                                     let x0 = if kx == 0 { 1 } else { 0 };
                                     let x1 = if kx == 2 { wo - 1 } else { wo };
                                     for x in x0..x1 {
-                                        row[x] += wv * srow[x + kx - 1] as i64;
+                                        row[x] += wv * srow[x + kx - 1];
                                     }
                                 }
                             }
@@ -180,7 +186,7 @@ impl IntConv {
             let half = if s > 0 { 1i64 << (s - 1) } else { 0 };
             let lo = if relu { 0 } else { -ACT_LIMIT };
             for (dst, &a) in plane.iter_mut().zip(&acc) {
-                let v = (a + bias + half) >> s;
+                let v = (a as i64 + bias + half) >> s;
                 *dst = v.clamp(lo, ACT_LIMIT) as i32;
             }
         });
