@@ -15,6 +15,7 @@
 
 pub mod metrics;
 mod pixels;
+mod tiling;
 
 use std::io::Cursor;
 
@@ -24,6 +25,7 @@ use cae_format::LatentShape;
 use cae_models::{Model, ModelError};
 use image::DynamicImage;
 pub use pixels::psnr;
+pub use tiling::{DEFAULT_TILE, HALO};
 
 /// The quality used when none is given (1-based).
 pub const DEFAULT_QUALITY: u8 = 2;
@@ -65,6 +67,8 @@ pub enum Error {
     TooLarge { width: u32, height: u32, max: u32 },
     #[error("target {0} is not a positive number")]
     Target(String),
+    #[error("tile size {0} is not a positive multiple of 64")]
+    Tile(usize),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -119,6 +123,22 @@ pub fn compress(image: &DynamicImage, options: &Options) -> Result<Vec<u8>> {
 
 /// Compress with an already loaded model.
 pub fn compress_with(model: &Model, image: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
+    compress_tiled(model, image, quality, DEFAULT_TILE)
+}
+
+fn check_tile(tile: usize) -> Result<()> {
+    if tile == 0 || tile % cae_nn::STRIDE as usize != 0 {
+        return Err(Error::Tile(tile));
+    }
+    Ok(())
+}
+
+/// Compress, running the analysis network over tiles with cores of `tile` pixels (a multiple
+/// of 64) when the image is larger than one tile, which bounds the memory a large photo needs.
+/// The halo around each core is wider than the network's receptive field, so the file is the
+/// one whole-image coding writes (up to float rounding): no seams, nothing in the format.
+pub fn compress_tiled(model: &Model, image: &DynamicImage, quality: u8, tile: usize) -> Result<Vec<u8>> {
+    check_tile(tile)?;
     let levels = model.config.levels();
     if quality == 0 || quality as usize > levels {
         return Err(Error::Quality { quality, levels });
@@ -130,10 +150,8 @@ pub fn compress_with(model: &Model, image: &DynamicImage, quality: u8) -> Result
     let q = quality as usize - 1;
     let stride = cae_nn::STRIDE;
     let p = pixels::prepare(image, stride);
-    let (pw, ph) = (p.padded_width, p.padded_height);
-    let dev = device();
-    let x = Tensor::<4>::from_data(TensorData::new(p.planes, [1, 3, ph, pw]), &dev);
-    let y = model.gains.apply(model.analysis.forward(x), &[q]);
+    let (pw, ph, colour, bit_depth, alpha) = (p.padded_width, p.padded_height, p.colour, p.bit_depth, p.alpha);
+    let y = model.gains.apply(tiling::analyse(model, p.planes, pw, ph, tile, HALO), &[q]);
     let z = model.hyper_analysis.forward(y.clone());
     let [_, m, yh, yw] = y.dims();
     let [_, n, zh, zw] = z.dims();
@@ -145,7 +163,7 @@ pub fn compress_with(model: &Model, image: &DynamicImage, quality: u8) -> Result
     let mu: Vec<f32> = pred.means.iter().map(|&v| cae_decoder::fixed_to_f32(v)).collect();
     let y_sym = cae_quant::quantize(&y, &mu);
     let y_stream = model.y_tables.encode(&y_sym, &pred.table)?;
-    let alpha_stream = match &p.alpha {
+    let alpha_stream = match &alpha {
         Some(a) => {
             let mut buf = Vec::new();
             let enc = image::codecs::png::PngEncoder::new_with_quality(
@@ -162,8 +180,8 @@ pub fn compress_with(model: &Model, image: &DynamicImage, quality: u8) -> Result
     let header = Header {
         model_id: model.id,
         quality,
-        colour: p.colour,
-        bit_depth: p.bit_depth,
+        colour,
+        bit_depth,
         width,
         height,
         pad_right: (pw - width as usize) as u8,
@@ -279,19 +297,27 @@ fn entropy_decode(file: &cae_format::CaeFile, model: &Model) -> Result<(Symbols,
 pub fn decompress(bytes: &[u8], limits: &Limits) -> Result<DynamicImage> {
     let file = cae_format::parse(bytes, limits)?;
     let model = model_for(&file.header)?;
-    decode_file(&model, &file)
+    decode_file(&model, &file, DEFAULT_TILE)
 }
 
 /// Decompress with an already loaded model (which must be the one that wrote the file).
 pub fn decompress_with(model: &Model, bytes: &[u8], limits: &Limits) -> Result<DynamicImage> {
+    decompress_tiled(model, bytes, limits, DEFAULT_TILE)
+}
+
+/// Decompress, running the synthesis network over tiles with cores of `tile` pixels (a
+/// multiple of 64) when the image is larger than one tile (see [`compress_tiled`]): any tile
+/// size decodes a file to the same pixels, up to float rounding.
+pub fn decompress_tiled(model: &Model, bytes: &[u8], limits: &Limits, tile: usize) -> Result<DynamicImage> {
+    check_tile(tile)?;
     let file = cae_format::parse(bytes, limits)?;
     if file.header.model_id != model.id {
         return Err(Error::UnknownModel(file.header.model_id));
     }
-    decode_file(model, &file)
+    decode_file(model, &file, tile)
 }
 
-fn decode_file(model: &Model, file: &cae_format::CaeFile) -> Result<DynamicImage> {
+fn decode_file(model: &Model, file: &cae_format::CaeFile, tile: usize) -> Result<DynamicImage> {
     let h = file.header.clone();
     check_against_model(&h, model)?;
     let alpha = if h.colour.has_alpha() {
@@ -306,15 +332,12 @@ fn decode_file(model: &Model, file: &cae_format::CaeFile) -> Result<DynamicImage
     };
     let (_, y_hat) = entropy_decode(file, model)?;
     let ys = h.y_shape;
-    let dev = device();
-    let y = Tensor::<4>::from_data(
-        TensorData::new(y_hat, [1, ys.channels as usize, ys.height as usize, ys.width as usize]),
-        &dev,
-    );
+    let (yh, yw) = (ys.height as usize, ys.width as usize);
+    let y = Tensor::<4>::from_data(TensorData::new(y_hat, [1, ys.channels as usize, yh, yw]), &device());
     let q = h.quality as usize - 1;
-    let x = model.synthesis.forward(model.gains.invert(y, &[q])).clamp(0.0, 1.0);
+    let y = tensor_to_vec(model.gains.invert(y, &[q]));
+    let planes = tiling::synthesise(model, y, yh, yw, tile, HALO);
     let (pw, ph) = (h.padded_width() as usize, h.padded_height() as usize);
-    let planes = tensor_to_vec(x);
     Ok(pixels::assemble(&planes, pw, ph, h.width, h.height, h.colour, alpha))
 }
 

@@ -136,3 +136,32 @@ fn target_bpp_and_psnr_pick_the_right_quality() {
         assert!(matches!(compress_to_target(&model, &img, Target::Bpp(bad)), Err(caec::Error::Target(_))));
     }
 }
+
+#[test]
+fn tiled_coding_matches_whole_image_coding() {
+    // 1000x700 pads to 1024x704; tiles of 256 make 4x3 tiles, the last ones partial. With a
+    // corpus, a Kodak image too.
+    let model = caec::load_model("default").unwrap();
+    let mut images = vec![("synthetic 1000x700".to_string(), DynamicImage::ImageRgb8(common::synthetic(1000, 700, 3)))];
+    if let Some(k) = common::kodak("kodim05.png") {
+        images.push(("kodim05".to_string(), k));
+    }
+    for (name, img) in images {
+        let whole = caec::compress_tiled(&model, &img, 2, 1 << 20).unwrap();
+        let tiled = caec::compress_tiled(&model, &img, 2, 256).unwrap();
+        let size_change = (tiled.len() as f64 / whole.len() as f64 - 1.0).abs();
+        assert!(size_change < 0.002, "{name}: tiling changed the size by {:.3} %", size_change * 100.0);
+        let limits = Limits::default();
+        let a = caec::decompress_tiled(&model, &whole, &limits, 1 << 20).unwrap();
+        // Any tile size decodes any file; the pixels agree within one level.
+        for tile in [64, 256, 1 << 20] {
+            let b = caec::decompress_tiled(&model, &tiled, &limits, tile).unwrap();
+            let max = a.as_bytes().iter().zip(b.as_bytes()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+            assert!(max <= 1, "{name}: decoding with tiles of {tile} differs by {max} levels");
+        }
+    }
+    let img = DynamicImage::ImageRgb8(common::synthetic(64, 64, 1));
+    for bad in [0, 100, 1000] {
+        assert!(matches!(caec::compress_tiled(&model, &img, 2, bad), Err(caec::Error::Tile(t)) if t == bad));
+    }
+}
