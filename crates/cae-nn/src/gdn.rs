@@ -29,12 +29,35 @@ impl Gdn {
         }
     }
 
+    /// The lower bounds of the stored (reparametrised) beta and gamma.
+    fn bounds() -> (f32, f32) {
+        ((BETA_MIN + PEDESTAL).sqrt(), PEDESTAL.sqrt())
+    }
+
     /// beta and gamma after the reparametrisation: `[c]` and `[c_out, c_in]`.
     fn effective(&self) -> (Tensor<1>, Tensor<2>) {
-        let beta_bound = (BETA_MIN + PEDESTAL).sqrt();
+        let (beta_bound, gamma_bound) = Self::bounds();
         let beta = crate::lower_bound(self.beta.val(), beta_bound).square() - PEDESTAL;
-        let gamma = crate::lower_bound(self.gamma.val(), PEDESTAL.sqrt()).square() - PEDESTAL;
+        let gamma = crate::lower_bound(self.gamma.val(), gamma_bound).square() - PEDESTAL;
         (beta, gamma)
+    }
+
+    /// Raise the stored beta and gamma to their lower bounds. Training calls this after every
+    /// optimiser step (projected gradient descent): the bounds pass gradients through, so
+    /// without it a parameter that the loss pushes down drifts ever further below its bound,
+    /// with no effect on the output, and needs as many steps to come back once the loss
+    /// wants it up (CompressAI's `LowerBound` blocks such pushes instead).
+    pub fn project(self) -> Self {
+        let (beta_bound, gamma_bound) = Self::bounds();
+        fn raise<const D: usize>(t: Tensor<D>, bound: f32) -> Tensor<D> {
+            let t = t.clamp_min(bound).detach();
+            if t.is_autodiff() { t.require_grad() } else { t }
+        }
+        Gdn {
+            beta: self.beta.map(|t| raise(t, beta_bound)),
+            gamma: self.gamma.map(|t| raise(t, gamma_bound)),
+            inverse: self.inverse,
+        }
     }
 
     /// The normaliser `sqrt(beta + gamma · x²)` is a 1x1 convolution of x², computed as one
@@ -62,6 +85,21 @@ mod tests {
         let (beta, gamma) = g.effective();
         let norm = conv2d(x.clone().square(), gamma.reshape([c, c, 1, 1]), Some(beta), ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
         if g.inverse { x * norm.sqrt() } else { x / norm.sqrt() }
+    }
+
+    #[test]
+    fn projection_raises_parameters_to_their_bounds() {
+        for dev in [Device::flex(), Device::flex().autodiff()] {
+        let mut g = Gdn::new(3, false, &dev);
+        g.beta = Param::from_tensor(Tensor::from_data(TensorData::new(vec![-2.0f32, 0.5, 1.0], [3]), &dev));
+        g.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(vec![-1.0f32, 0.3, 0.0, 0.2, 0.1, -0.5, 0.0, 0.0, 0.7], [3, 3]), &dev));
+        let p = g.project();
+        let (bb, gb) = Gdn::bounds();
+        let beta: Vec<f32> = p.beta.val().into_data().try_into_vec_as().unwrap();
+        let gamma: Vec<f32> = p.gamma.val().into_data().try_into_vec_as().unwrap();
+        assert_eq!(beta, vec![bb, 0.5, 1.0]);
+        assert_eq!(gamma, vec![gb, 0.3, gb, 0.2, 0.1, gb, gb, gb, 0.7]);
+        }
     }
 
     #[test]

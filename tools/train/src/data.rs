@@ -67,6 +67,22 @@ fn downscale(img: &RgbImage, f: u32) -> RgbImage {
     })
 }
 
+/// Downscale by `factor` (area filter), but an image whose short side would fall below `crop`
+/// is downscaled only as far as keeps that side at `crop` or more (triangle filter), so that
+/// small photos (BSDS500's 481x321) still serve large crops.
+fn shrink(img: RgbImage, factor: u32, crop: usize) -> RgbImage {
+    let short = img.width().min(img.height()) as f64;
+    let f = (factor as f64).min(short / crop as f64);
+    if f >= factor as f64 {
+        return downscale(&img, factor);
+    }
+    if f <= 1.0 {
+        return img;
+    }
+    let size = |v: u32| ((v as f64 / f).floor() as u32).max(crop as u32);
+    image::imageops::resize(&img, size(img.width()), size(img.height()), image::imageops::FilterType::Triangle)
+}
+
 /// Load every image under `dirs`.
 pub fn load(dirs: &[PathBuf], factor: u32, crop: usize) -> Result<Vec<RgbImage>> {
     let mut files = Vec::new();
@@ -78,7 +94,7 @@ pub fn load(dirs: &[PathBuf], factor: u32, crop: usize) -> Result<Vec<RgbImage>>
     let images: Vec<RgbImage> = files
         .par_iter()
         .filter_map(|p| match image::open(p) {
-            Ok(img) => Some(downscale(&img.to_rgb8(), factor)),
+            Ok(img) => Some(shrink(img.to_rgb8(), factor, crop)),
             Err(e) => {
                 eprintln!("warning: {}: {e}; skipped", p.display());
                 None
@@ -110,4 +126,22 @@ pub fn batch(images: &[RgbImage], b: usize, crop: usize, rng: &mut impl Rng, dev
         }
     }
     Tensor::from_data(TensorData::new(buf, [b, 3, crop, crop]), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shrink_keeps_the_short_side_at_the_crop() {
+        let img = RgbImage::from_fn(481, 321, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        // 128 crops: the full factor 2 (area filter).
+        assert_eq!(shrink(img.clone(), 2, 128).dimensions(), (240, 160));
+        // 256 crops: only by 321/256, so the short side stays 256.
+        let s = shrink(img.clone(), 2, 256);
+        assert_eq!(s.height(), 256);
+        assert!((383..=384).contains(&s.width()), "{:?}", s.dimensions());
+        // Smaller than the crop: kept as it is (and dropped by `load`).
+        assert_eq!(shrink(img, 2, 512).dimensions(), (481, 321));
+    }
 }

@@ -162,6 +162,7 @@ fn main() -> Result<()> {
     let mut last_ckpt = Instant::now();
     let mut ema: Option<(f64, f64)> = None;
     let mut step = step0;
+    let mut best = f64::INFINITY;
     while step < args.steps && start.elapsed() < budget && !stop.load(Ordering::SeqCst) {
         let q = rng.random_range(0..config.levels());
         let lambda = config.lambdas[q];
@@ -179,7 +180,7 @@ fn main() -> Result<()> {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let progress = ((step - step0) as f64 / total.max(1) as f64).max(start.elapsed().as_secs_f64() / budget.as_secs_f64());
         let lr = args.lr * lr_factor(step - step0, progress, args.warmup_steps, args.decay_from, args.lr_final);
-        model = optim.step(lr, model, grads);
+        model = optim.step(lr, model, grads).project();
         step += 1;
         let psnr = 10.0 * (1.0 / mse_v.max(1e-10)).log10();
         writeln!(log, "{step},{:.1},{},{lambda},{loss_v:.5},{bpp_v:.5},{mse_v:.7},{psnr:.3}", start.elapsed().as_secs_f64(), q + 1)?;
@@ -190,8 +191,9 @@ fn main() -> Result<()> {
         if last_ckpt.elapsed().as_secs_f64() > args.checkpoint_minutes * 60.0 {
             let bytes = save(&model, &config, step, &args.out, &device)?;
             if !val_images.is_empty() {
-                let summary = validate(&bytes, &model, &device, &val_images, step, &mut val_log)?;
-                bar.suspend(|| eprintln!("{summary}"));
+                let (summary, score) = validate(&bytes, &model, &config, &device, &val_images, step, &mut val_log)?;
+                let note = keep_best(&args.out, step, score, &mut best)?;
+                bar.suspend(|| eprintln!("{summary}{note}"));
             }
             last_ckpt = Instant::now();
         }
@@ -202,7 +204,9 @@ fn main() -> Result<()> {
     }
     let bytes = save(&model, &config, step, &args.out, &device)?;
     if !val_images.is_empty() {
-        eprintln!("{}", validate(&bytes, &model, &device, &val_images, step, &mut val_log)?);
+        let (summary, score) = validate(&bytes, &model, &config, &device, &val_images, step, &mut val_log)?;
+        let note = keep_best(&args.out, step, score, &mut best)?;
+        eprintln!("{summary}{note}");
     }
     eprintln!(
         "trained {} steps in {:.1} min ({:.2} steps/s, {:.1} crops/s); wrote {}",
@@ -271,6 +275,23 @@ fn save(model: &net::Net, config: &ModelConfig, step: usize, out: &std::path::Pa
     Ok(bytes)
 }
 
+/// After a validation: when `score` is the lowest of this run, copy the checkpoint and the
+/// exported model just written to `best.bpk` / `best.step` / `best.caem`, so that a run whose
+/// real rate degrades (as one did when its hyperprior, trained on small crops only, stopped
+/// generalising to whole images) still leaves its best point behind.
+fn keep_best(out: &std::path::Path, step: usize, score: f64, best: &mut f64) -> Result<String> {
+    if !(score < *best) {
+        return Ok(format!(" (score {score:.4} at step {step}; best of this run {:.4})", *best));
+    }
+    *best = score;
+    for (from, to) in [("checkpoint.bpk", "best.bpk"), ("checkpoint.step", "best.step"), ("model.caem", "best.caem")] {
+        let tmp = out.join(format!("{to}.tmp"));
+        std::fs::copy(out.join(from), &tmp)?;
+        std::fs::rename(&tmp, out.join(to))?;
+    }
+    Ok(format!(" (score {score:.4}: best of this run so far, step {step} kept as best.bpk)"))
+}
+
 /// The validation images: `--val`, else `$CAEC_CORPUS/kodak` if it exists; the first
 /// `--val-images` by name.
 fn load_validation(args: &Args) -> Result<Vec<(String, image::DynamicImage)>> {
@@ -305,19 +326,23 @@ fn load_validation(args: &Args) -> Result<Vec<(String, image::DynamicImage)>> {
 /// encoder and decoder; log mean bpp (whole file), PSNR and MS-SSIM per quality, beside the
 /// rate and PSNR the float model estimates with rounding (NaN for sizes that are not
 /// multiples of 64), so that the cost of the integer tables, the escapes and the header shows.
+/// Returns the summary line and a score: the training loss with real files, averaged over
+/// the qualities (lower is better).
 fn validate(
     model_bytes: &[u8],
     net: &net::Net,
+    config: &ModelConfig,
     device: &Device,
     images: &[(String, image::DynamicImage)],
     step: usize,
     log: &mut std::fs::File,
-) -> Result<String> {
+) -> Result<(String, f64)> {
     let model = cae_models::Model::from_bytes("validation", model_bytes, &Device::flex())
         .map_err(|e| anyhow::anyhow!("exported model does not load: {e}"))?;
     let eval = net.valid();
     let eval_device = device.clone().without_autodiff();
     let mut parts = Vec::new();
+    let mut score = 0.0;
     for q in 1..=model.config.levels() as u8 {
         let (mut bpp, mut psnr, mut ms_ssim, mut est_bpp, mut est_psnr) = (0.0, 0.0, 0.0, 0.0, 0.0);
         for (_, img) in images {
@@ -345,6 +370,8 @@ fn validate(
             }
         }
         let n = images.len() as f64;
+        // The training loss with real files: λ·255²·MSE + bpp, MSE from the mean PSNR.
+        score += config.lambdas[q as usize - 1] * 255.0 * 255.0 * 10f64.powf(-psnr / n / 10.0) + bpp / n;
         writeln!(
             log,
             "{step},{q},{:.5},{:.4},{:.6},{:.5},{:.4}",
@@ -356,5 +383,6 @@ fn validate(
         )?;
         parts.push(format!("q{q} {:.3} bpp {:.2} dB (estimated {:.3} bpp)", bpp / n, psnr / n, est_bpp / n));
     }
-    Ok(format!("validation at step {step} ({} images): {}", images.len(), parts.join(", ")))
+    let summary = format!("validation at step {step} ({} images): {}", images.len(), parts.join(", "));
+    Ok((summary, score / config.levels() as f64))
 }

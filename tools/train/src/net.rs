@@ -36,6 +36,23 @@ fn phi(x: Tensor<4>) -> Tensor<4> {
     (x * std::f64::consts::FRAC_1_SQRT_2).erf() * 0.5 + 0.5
 }
 
+/// `max(scale, SCALE_MIN)` with the gradient of CompressAI's `LowerBound` ("identity if
+/// towards"): above the bound it passes; below it passes only where a larger scale would lower
+/// the rate of that element. A plain straight-through bound also passes the pushes further
+/// down, which change nothing in the forward pass but still move the shared weights of h_s —
+/// a gradient for a gain that does not exist, which grows as more elements sit at the bound.
+/// Only the rate depends on the scales, so the direction is known here: the likelihood
+/// Φ((½ − v)/σ) − Φ((−½ − v)/σ) of an element at distance `v` from its mean has the
+/// derivative (bφ(b) − aφ(a))/σ in σ (a, b the two arguments), which at σ = 0.11 is
+/// positive exactly where v > ½ (up to a term of order e^(−1/(2σ²)) ≈ 1e−18).
+fn bounded_scales(raw: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    let fixed = raw.clone().detach();
+    let larger_helps = v.detach().greater_elem(0.5).float();
+    let above = fixed.clone().greater_equal_elem(SCALE_MIN).float();
+    let pass = above.clone() + (above.neg() + 1.0) * larger_helps;
+    fixed.clamp_min(SCALE_MIN as f32) + (raw.clone() - raw.detach()) * pass
+}
+
 impl Net {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
         Net {
@@ -57,8 +74,8 @@ impl Net {
         let z_tilde = cae_quant::add_noise(z);
         let z_lik = self.density.likelihood(z_tilde.clone());
         let (scales, means) = self.h_s.forward(z_tilde);
-        let scales = cae_nn::lower_bound(scales, SCALE_MIN as f32);
         let v = (cae_quant::add_noise(y.clone()) - means.clone()).abs();
+        let scales = bounded_scales(scales, v.clone());
         let upper = phi((v.clone().neg() + 0.5) / scales.clone());
         let lower = phi((v.neg() - 0.5) / scales);
         let y_lik = (upper - lower).clamp_min(LIKELIHOOD_BOUND);
@@ -69,6 +86,13 @@ impl Net {
         let x_hat = self.g_s.forward(self.gains.invert(y_hat, &qs));
         let mse = (x_hat - x).square().mean();
         Output { mse, bpp }
+    }
+
+    /// Projections after an optimiser step (see [`cae_nn::Gdn::project`]).
+    pub fn project(mut self) -> Self {
+        self.g_a.gdns = self.g_a.gdns.into_iter().map(cae_nn::Gdn::project).collect();
+        self.g_s.igdns = self.g_s.igdns.into_iter().map(cae_nn::Gdn::project).collect();
+        self
     }
 
     /// The rate the model expects with inference quantisation (rounding around the means,
@@ -126,4 +150,24 @@ pub fn load_checkpoint(model: Net, path: &Path) -> Result<(Net, usize)> {
     let record = ModuleRecord::load(path).map_err(|e| anyhow::anyhow!("{e:?}")).with_context(|| format!("{}", path.display()))?;
     let step = std::fs::read_to_string(path.with_extension("step")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     Ok((model.load_record(record), step))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_bound_passes_only_useful_gradients() {
+        let dev = Device::flex().autodiff();
+        // Raw scales: above the bound, below it with v = 0 (a smaller scale would lower the
+        // rate: blocked), below it with v = 3 (a larger scale would: passed).
+        let raw = Tensor::<4>::from_data(TensorData::new(vec![0.5f32, 0.05, 0.05], [1, 1, 1, 3]), &dev).require_grad();
+        let v = Tensor::<4>::from_data(TensorData::new(vec![0.2f32, 0.0, 3.0], [1, 1, 1, 3]), &dev);
+        let s = bounded_scales(raw.clone(), v);
+        let values: Vec<f32> = s.clone().into_data().try_into_vec_as().unwrap();
+        assert_eq!(values, vec![0.5, SCALE_MIN as f32, SCALE_MIN as f32]);
+        let grads = (s * Tensor::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0], [1, 1, 1, 3]), &dev)).sum().backward();
+        let g: Vec<f32> = raw.grad(&grads).unwrap().into_data().try_into_vec_as().unwrap();
+        assert_eq!(g, vec![1.0, 0.0, 3.0]);
+    }
 }
