@@ -41,7 +41,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { quality: DEFAULT_QUALITY, model: cae_models::DEFAULT_MODEL.to_string() }
+        Options { quality: DEFAULT_QUALITY, model: DEFAULT_MODEL.to_string() }
     }
 }
 
@@ -83,6 +83,14 @@ fn device() -> Device {
 
 fn tensor_to_vec(t: Tensor<4>) -> Vec<f32> {
     t.into_data().try_into_vec_as::<f32>().expect("float tensor")
+}
+
+/// The name of the model [`Options`] use unless told otherwise.
+pub const DEFAULT_MODEL: &str = cae_models::DEFAULT_MODEL;
+
+/// The names of the built-in models, the default first.
+pub fn model_names() -> Vec<&'static str> {
+    cae_models::BUILTIN.iter().map(|(n, _)| *n).collect()
 }
 
 /// Load a built-in model by name.

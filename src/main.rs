@@ -69,6 +69,10 @@ enum Command {
         /// Overwrite the output if it exists.
         #[arg(short, long)]
         force: bool,
+        /// The built-in model to code with (`caec models` lists them); files name their model,
+        /// so decompression needs no such option.
+        #[arg(short, long, default_value = caec::DEFAULT_MODEL)]
+        model: String,
     },
     /// Decompress a .cae file into an image (format from the output's extension; PNG for -);
     /// with --out-dir, any number of .cae files and folders into PNGs in one folder.
@@ -87,6 +91,8 @@ enum Command {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// List the built-in models: name, identifier, quality levels.
+    Models,
     /// Show the header of a .cae file.
     Info {
         /// The .cae file, or - for standard input.
@@ -343,9 +349,9 @@ fn label(p: &Path) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Compress { paths, out_dir, quality, target_bpp, target_psnr, force } => {
+        Command::Compress { paths, out_dir, quality, target_bpp, target_psnr, force, model } => {
             let target = target_bpp.map(caec::Target::Bpp).or(target_psnr.map(caec::Target::Psnr));
-            let model = caec::load_model(&caec::Options::default().model)?;
+            let model = caec::load_model(&model)?;
             let job = |input: &Path, output: &Path| -> Result<String> {
                 let bytes = read_input(input)?;
                 let image = caec::read_image(&bytes).with_context(|| label(input))?;
@@ -397,6 +403,14 @@ fn run(cli: Cli) -> Result<()> {
                     job(input, output).map(|_| ())
                 }
             }
+        }
+        Command::Models => {
+            for name in caec::model_names() {
+                let m = caec::load_model(name)?;
+                let default = if name == caec::DEFAULT_MODEL { " (default)" } else { "" };
+                println!("{name}{default}: id {:016x}, {} quality levels, N = {}, M = {}", m.id, m.config.levels(), m.config.n, m.config.m);
+            }
+            Ok(())
         }
         Command::Info { file } => {
             let bytes = read_input(&file)?;

@@ -259,3 +259,27 @@ fn an_interrupted_batch_leaves_only_complete_files() {
         caec::decompress(&bytes, &caec::Limits::default()).unwrap_or_else(|e| panic!("{f}: {e}"));
     }
 }
+
+#[test]
+fn models_are_listed_and_chosen_by_name() {
+    let out = run(&["models"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    let names = caec::model_names();
+    assert_eq!(names[0], caec::DEFAULT_MODEL);
+    assert_eq!(text.lines().count(), names.len(), "{text}");
+    assert!(text.lines().next().unwrap().starts_with("default (default): id "), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let png = write_png(dir.path(), "in.png", 40, 30);
+    for name in &names {
+        // Every built-in model codes; the file names it and decodes without being told.
+        let cae = dir.path().join(format!("{name}.cae")).to_str().unwrap().to_string();
+        assert!(run(&["compress", "--model", name, &png, &cae]).status.success());
+        let info = String::from_utf8(run(&["info", &cae]).stdout).unwrap();
+        assert!(info.contains(&format!("({name})")), "{info}");
+        let back = dir.path().join(format!("{name}.png")).to_str().unwrap().to_string();
+        assert!(run(&["decompress", &cae, &back]).status.success());
+    }
+    let cae = dir.path().join("x.cae").to_str().unwrap().to_string();
+    assert_clean_failure(&run(&["compress", "--model", "nonesuch", &png, &cae]), "nonesuch");
+}
