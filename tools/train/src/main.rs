@@ -69,6 +69,10 @@ struct Args {
     /// Final learning rate as a fraction of --lr.
     #[arg(long, default_value_t = 0.05)]
     lr_final: f64,
+    /// Train the synthesis on the noisy latent (as CompressAI does) instead of the latent
+    /// rounded around the means with a straight-through gradient.
+    #[arg(long)]
+    decoder_noise: bool,
     /// Random seed (weights, crops, noise).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -167,7 +171,7 @@ fn main() -> Result<()> {
         let q = rng.random_range(0..config.levels());
         let lambda = config.lambdas[q];
         let x = data::batch(&images, args.batch, args.crop, &mut rng, &device);
-        let out = model.forward(x, q);
+        let out = model.forward(x, q, args.decoder_noise);
         let loss = out.mse.clone() * (lambda * 255.0 * 255.0) + out.bpp.clone();
         let (loss_v, bpp_v, mse_v) = (
             loss.clone().into_scalar::<f32>() as f64,

@@ -66,7 +66,10 @@ impl Net {
     }
 
     /// One training forward pass at quality index `q` for the whole batch.
-    pub fn forward(&self, x: Tensor<4>, q: usize) -> Output {
+    /// With `decoder_noise`, the synthesis sees the same noisy latent as the rate term
+    /// (CompressAI's training forward); without, the latent rounded around the means with a
+    /// straight-through gradient (what it sees at inference; Minnen & Singh 2020).
+    pub fn forward(&self, x: Tensor<4>, q: usize, decoder_noise: bool) -> Output {
         let [b, _, h, w] = x.dims();
         let qs = vec![q; b];
         let y = self.gains.apply(self.g_a.forward(x.clone()), &qs);
@@ -74,7 +77,8 @@ impl Net {
         let z_tilde = cae_quant::add_noise(z);
         let z_lik = self.density.likelihood(z_tilde.clone());
         let (scales, means) = self.h_s.forward(z_tilde);
-        let v = (cae_quant::add_noise(y.clone()) - means.clone()).abs();
+        let y_tilde = cae_quant::add_noise(y.clone());
+        let v = (y_tilde.clone() - means.clone()).abs();
         let scales = bounded_scales(scales, v.clone());
         let upper = phi((v.clone().neg() + 0.5) / scales.clone());
         let lower = phi((v.neg() - 0.5) / scales);
@@ -82,7 +86,7 @@ impl Net {
         let pixels = (b * h * w) as f64;
         let bits = y_lik.log().sum() + z_lik.log().sum();
         let bpp = bits / (-std::f64::consts::LN_2 * pixels);
-        let y_hat = cae_quant::ste_round_around(y, means);
+        let y_hat = if decoder_noise { y_tilde } else { cae_quant::ste_round_around(y, means) };
         let x_hat = self.g_s.forward(self.gains.invert(y_hat, &qs));
         let mse = (x_hat - x).square().mean();
         Output { mse, bpp }
