@@ -206,3 +206,12 @@ mod tests {
         assert!(max_diff(&whole_x, &narrow) > 1e-3, "a 1-latent halo should not be exact");
     }
 }
+
+#[cfg(test)]
+mod limits {
+    #[test]
+    fn the_format_crates_memory_estimate_knows_the_tile_size() {
+        let side = (super::DEFAULT_TILE + 2 * super::HALO) as u64;
+        assert_eq!(cae_format::DECODER_TILE_PIXELS, side * side);
+    }
+}

@@ -21,7 +21,7 @@ run() {
     END {printf "%-10s peak %.0f MiB, wall %s\n", w, mib, t}' "$out/time-$what.txt"
 }
 run compress "$caec" compress --force "$out/huge.png" "$out/huge.cae"
-run decompress "$caec" decompress --force "$out/huge.cae" "$out/huge.back.png"
+run decompress "$caec" decompress --force --max-memory-mib 1024 "$out/huge.cae" "$out/huge.back.png"
 "$caec" info "$out/huge.cae" | grep -E '^(size|bpp)'
 "$tiling" seams "$out/huge.png" "$out/huge.back.png" 1024
 "$tiling" kodak "$kodak" 256 | tee "$out/kodak-tiling.csv" | tail -2
