@@ -4,6 +4,7 @@
 //! MSE, L1 or binary cross-entropy. Also the MNIST reader ([`idx`]).
 #![forbid(unsafe_code)]
 
+pub mod eval;
 pub mod idx;
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
