@@ -15,16 +15,20 @@ fn round_trip(img: &DynamicImage, quality: u8) -> (Vec<u8>, DynamicImage) {
 #[test]
 fn odd_sizes_round_trip_with_psnr_floors() {
     // (width, height, PSNR floor in dB at the default quality), about 1.5 dB under what the
-    // embedded model measured (see weights/README.md). Strips a few pixels thick are mostly
-    // padding and border, where the networks do worst, so their floors are lower.
-    for (w, h, floor) in [(1, 1, 22.0), (7, 300, 23.0), (1000, 3, 18.0), (67, 45, 29.0), (768, 512, 30.5)] {
+    // embedded model measured (20.53, 26.04, 20.39, 34.84, 39.13 dB). Strips a few pixels
+    // thick are mostly padding and border, where the networks do worst, so they score lower.
+    let mut below = Vec::new();
+    for (w, h, floor) in [(1, 1, 19.0), (7, 300, 24.5), (1000, 3, 18.9), (67, 45, 33.3), (768, 512, 37.6)] {
         let img = DynamicImage::ImageRgb8(common::synthetic(w, h, w + h));
         let (bytes, back) = round_trip(&img, caec::DEFAULT_QUALITY);
         let p = psnr(&img, &back);
         eprintln!("{w}x{h}: {:.3} bpp, {p:.2} dB", bytes.len() as f64 * 8.0 / (w * h) as f64);
-        assert!(p >= floor, "{w}x{h}: PSNR {p:.2} dB below {floor}");
+        if p < floor {
+            below.push(format!("{w}x{h}: PSNR {p:.2} dB below {floor}"));
+        }
         assert!(bytes.len() >= cae_format::MIN_FILE_LEN);
     }
+    assert!(below.is_empty(), "{below:?}");
 }
 
 #[test]
@@ -87,8 +91,8 @@ fn kodak_image_at_default_quality() {
     let (bytes, back) = round_trip(&img, caec::DEFAULT_QUALITY);
     let bpp = bytes.len() as f64 * 8.0 / (768.0 * 512.0);
     let p = psnr(&img, &back);
-    // Measured with the embedded model: 0.352 bpp, 29.55 dB.
-    assert!(p > 28.5 && bpp < 0.45, "kodim23: {bpp:.3} bpp, {p:.2} dB");
+    // Measured with the embedded model: 0.235 bpp, 32.43 dB.
+    assert!(p > 31.4 && bpp < 0.30, "kodim23: {bpp:.3} bpp, {p:.2} dB");
 }
 
 #[test]

@@ -19,8 +19,12 @@ use cae_entropy::{CdfTable, TableSet};
 use cae_nn::{FactorizedDensity, GainUnit, ModelConfig, NamedTensor};
 use sha2::{Digest, Sha256};
 
-/// Models built into the binary: (name, model file).
-pub static BUILTIN: &[(&str, &[u8])] = &[("default", include_bytes!("../weights/default.caem"))];
+/// Models built into the binary: (name, model file), the default first. A model that has
+/// written files stays here for good, so that they keep decoding (see weights/README.md).
+pub static BUILTIN: &[(&str, &[u8])] = &[
+    ("default", include_bytes!("../weights/default.caem")),
+    ("default-2026-11-27", include_bytes!("../weights/default-2026-11-27.caem")),
+];
 
 /// The name of the model used when none is asked for.
 pub const DEFAULT_MODEL: &str = "default";
