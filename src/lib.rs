@@ -16,6 +16,7 @@
 pub mod metrics;
 mod pixels;
 mod tiling;
+mod uses;
 
 use std::io::Cursor;
 
@@ -26,6 +27,7 @@ use cae_models::{Model, ModelError};
 use image::DynamicImage;
 pub use pixels::psnr;
 pub use tiling::{DEFAULT_TILE, HALO};
+pub use uses::{anomaly_score, embed, interpolate, AnomalyScore};
 
 /// The quality used when none is given (1-based).
 pub const DEFAULT_QUALITY: u8 = 2;

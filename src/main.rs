@@ -42,6 +42,17 @@ impl LimitArgs {
     }
 }
 
+/// Where a command writes its one output file (CSV or PNG).
+#[derive(clap::Args, Debug)]
+struct OutputArgs {
+    /// The file to write (- for standard output).
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Overwrite the output if it exists.
+    #[arg(short, long)]
+    force: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Compress an image (PNG, JPEG, WebP, BMP, TIFF, PNM) into a .cae file; with --out-dir,
@@ -93,6 +104,50 @@ enum Command {
     },
     /// List the built-in models: name, identifier, quality levels.
     Models,
+    /// One fixed-length vector per image (mean and spread of each latent channel, 2·M values),
+    /// as CSV: path, then the values.
+    Embed {
+        /// Images and folders (searched recursively).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        output: OutputArgs,
+        #[arg(short, long, default_value = caec::DEFAULT_MODEL)]
+        model: String,
+    },
+    /// k-means on the vectors of an `embed` CSV; writes path,cluster.
+    Cluster {
+        /// A CSV written by `caec embed`.
+        embeddings: PathBuf,
+        /// Number of clusters.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Rank images by how unusual they are to the model: bits per pixel of their .cae file
+    /// (the model's negative log-likelihood) and reconstruction error (MSE, 8-bit levels).
+    Anomaly {
+        /// Images and folders (searched recursively).
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(short, long, default_value_t = caec::DEFAULT_QUALITY)]
+        quality: u8,
+        #[arg(short, long, default_value = caec::DEFAULT_MODEL)]
+        model: String,
+    },
+    /// Decode points on the line between two images' latents; writes them side by side.
+    Interpolate {
+        a: PathBuf,
+        b: PathBuf,
+        /// Images in the row, both ends included.
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        #[command(flatten)]
+        output: OutputArgs,
+        #[arg(short, long, default_value = caec::DEFAULT_MODEL)]
+        model: String,
+    },
     /// Show the header of a .cae file.
     Info {
         /// The .cae file, or - for standard input.
@@ -343,6 +398,56 @@ fn batch(
     Ok(())
 }
 
+/// Every image named or found (recursively) in the folders named.
+fn image_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            files.extend(caec::image_files(p).with_context(|| label(p))?);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    if files.is_empty() {
+        bail!("no images found");
+    }
+    Ok(files)
+}
+
+fn load_image(p: &Path) -> Result<image::DynamicImage> {
+    caec::read_image(&read_input(p)?).with_context(|| label(p))
+}
+
+/// A path as a CSV field (quoted when it holds a comma or a quote).
+fn csv_field(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s }
+}
+
+/// Split a CSV line into its first field (unquoted) and the rest.
+fn split_csv_line(line: &str) -> Result<(String, &str)> {
+    if let Some(rest) = line.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = rest.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if rest[i + 1..].starts_with('"') {
+                    name.push('"');
+                    chars.next();
+                } else {
+                    let tail = rest[i + 1..].strip_prefix(',').ok_or_else(|| anyhow!("no values after the name"))?;
+                    return Ok((format!("\"{}\"", name.replace('"', "\"\"")), tail));
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        bail!("unterminated quote");
+    }
+    let (name, rest) = line.split_once(',').ok_or_else(|| anyhow!("no values after the name"))?;
+    Ok((name.to_string(), rest))
+}
+
 fn label(p: &Path) -> String {
     if is_std(p) { "<stdin>".into() } else { p.display().to_string() }
 }
@@ -411,6 +516,73 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{name}{default}: id {:016x}, {} quality levels, N = {}, M = {}", m.id, m.config.levels(), m.config.n, m.config.m);
             }
             Ok(())
+        }
+        Command::Embed { inputs, output: OutputArgs { out, force }, model } => {
+            let model = caec::load_model(&model)?;
+            let files = image_inputs(&inputs)?;
+            let bar = indicatif::ProgressBar::new(files.len() as u64);
+            let mut csv = String::new();
+            for f in &files {
+                let v = caec::embed(&model, &load_image(f)?).with_context(|| label(f))?;
+                let values: Vec<String> = v.iter().map(|x| format!("{x:.6}")).collect();
+                csv += &format!("{},{}\n", csv_field(f), values.join(","));
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            write_output(&out, csv.as_bytes(), force)?;
+            eprintln!("caec: {} embeddings of {} values in {}", files.len(), 2 * model.config.m, out.display());
+            Ok(())
+        }
+        Command::Cluster { embeddings, k, output: OutputArgs { out, force } } => {
+            let text = String::from_utf8(read_input(&embeddings)?).with_context(|| label(&embeddings))?;
+            let mut names = Vec::new();
+            let mut points = Vec::new();
+            for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let (name, values) = split_csv_line(line).with_context(|| format!("{} line {}", label(&embeddings), i + 1))?;
+                let v: Vec<f32> = values
+                    .split(',')
+                    .map(|x| x.trim().parse::<f32>())
+                    .collect::<std::result::Result<_, _>>()
+                    .with_context(|| format!("{} line {}: not numbers", label(&embeddings), i + 1))?;
+                names.push(name);
+                points.push(v);
+            }
+            let clusters = cae_seed::eval::kmeans(&points, k, 4).map_err(|e| anyhow!("{}: {e}", label(&embeddings)))?;
+            let csv: String = names.iter().zip(&clusters).map(|(n, c)| format!("{n},{c}\n")).collect();
+            write_output(&out, csv.as_bytes(), force)?;
+            let mut sizes = vec![0usize; k];
+            clusters.iter().for_each(|&c| sizes[c] += 1);
+            eprintln!("caec: {} points in {k} clusters of {sizes:?}", names.len());
+            Ok(())
+        }
+        Command::Anomaly { inputs, quality, model } => {
+            let model = caec::load_model(&model)?;
+            let files = image_inputs(&inputs)?;
+            let bar = indicatif::ProgressBar::new(files.len() as u64);
+            let mut scores = Vec::new();
+            for f in &files {
+                scores.push((caec::anomaly_score(&model, &load_image(f)?, quality).with_context(|| label(f))?, f));
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            scores.sort_by(|a, b| b.0.bpp.total_cmp(&a.0.bpp));
+            println!("rank bpp mse path");
+            for (i, (s, f)) in scores.iter().enumerate() {
+                println!("{} {:.4} {:.2} {}", i + 1, s.bpp, s.mse, f.display());
+            }
+            Ok(())
+        }
+        Command::Interpolate { a, b, steps, output: OutputArgs { out, force }, model } => {
+            let model = caec::load_model(&model)?;
+            let path = caec::interpolate(&model, &load_image(&a)?, &load_image(&b)?, steps)?;
+            let (w, h) = (path[0].width(), path[0].height());
+            let mut row = image::RgbImage::new(w * path.len() as u32, h);
+            for (i, img) in path.iter().enumerate() {
+                image::imageops::replace(&mut row, &img.to_rgb8(), (i as u32 * w) as i64, 0);
+            }
+            let mut png = Vec::new();
+            image::DynamicImage::ImageRgb8(row).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+            write_output(&out, &png, force)
         }
         Command::Info { file } => {
             let bytes = read_input(&file)?;

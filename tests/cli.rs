@@ -283,3 +283,55 @@ fn models_are_listed_and_chosen_by_name() {
     let cae = dir.path().join("x.cae").to_str().unwrap().to_string();
     assert_clean_failure(&run(&["compress", "--model", "nonesuch", &png, &cae]), "nonesuch");
 }
+
+#[test]
+fn embed_cluster_anomaly_interpolate() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for (i, seed) in [1, 2, 3].iter().enumerate() {
+        common::synthetic(64, 48, *seed).save(imgs.join(format!("smooth{i}.png"))).unwrap();
+    }
+    let mut state = 7u32;
+    image::RgbImage::from_fn(64, 48, |_, _| {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        image::Rgb([(state >> 24) as u8, (state >> 16) as u8, (state >> 8) as u8])
+    })
+    .save(imgs.join("noise.png"))
+    .unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let imgs = imgs.to_str().unwrap().to_string();
+    let m = caec::load_model(caec::DEFAULT_MODEL).unwrap().config.m;
+
+    assert!(run(&["embed", &imgs, "-o", &p("e.csv")]).status.success());
+    let e = std::fs::read_to_string(p("e.csv")).unwrap();
+    assert_eq!(e.lines().count(), 4);
+    assert!(e.lines().all(|l| l.split(',').count() == 1 + 2 * m), "{e}");
+    assert_clean_failure(&run(&["embed", &imgs, "-o", &p("e.csv")]), "already exists");
+
+    assert!(run(&["cluster", &p("e.csv"), "-k", "2", "-o", &p("c.csv")]).status.success());
+    let c = std::fs::read_to_string(p("c.csv")).unwrap();
+    let clusters: Vec<(String, usize)> =
+        c.lines().map(|l| l.rsplit_once(',').map(|(n, k)| (n.to_string(), k.parse().unwrap())).unwrap()).collect();
+    assert_eq!(clusters.len(), 4);
+    // The noise image is alone in its cluster.
+    let noise = clusters.iter().find(|(n, _)| n.ends_with("noise.png")).unwrap().1;
+    assert_eq!(clusters.iter().filter(|(_, k)| *k == noise).count(), 1, "{c}");
+    assert_clean_failure(&run(&["cluster", &p("e.csv"), "-k", "5", "-o", &p("c5.csv")]), "k = 5");
+
+    let a = run(&["anomaly", &imgs]);
+    let text = String::from_utf8_lossy(&a.stdout);
+    assert!(a.status.success());
+    let first = text.lines().nth(1).unwrap();
+    assert!(first.starts_with("1 ") && first.ends_with("noise.png"), "{text}");
+
+    let smooth0 = format!("{imgs}/smooth0.png");
+    let smooth1 = format!("{imgs}/smooth1.png");
+    assert!(run(&["interpolate", &smooth0, &smooth1, "--steps", "3", "-o", &p("row.png")]).status.success());
+    let row = image::open(p("row.png")).unwrap();
+    assert_eq!((row.width(), row.height()), (3 * 64, 48));
+    let noise_path = format!("{imgs}/noise.png");
+    let small = p("small.png");
+    common::synthetic(10, 10, 1).save(&small).unwrap();
+    assert_clean_failure(&run(&["interpolate", &noise_path, &small, "-o", &p("x.png")]), "one size");
+}
