@@ -198,17 +198,8 @@ fn train_one(a: &TrainArgs, train: &Mnist, test: &Mnist, out: &Path) -> Result<R
 
 /// Mean per-image PSNR (peak 1) of the reconstructions of the whole test set.
 fn test_psnr(model: &SeedCae, test: &Mnist, side: usize) -> Result<f64> {
-    let dev = Device::flex();
-    let mut sum = 0.0;
-    for start in (0..test.len()).step_by(500) {
-        let idx: Vec<usize> = (start..(start + 500).min(test.len())).collect();
-        let picks: Vec<&[u8]> = idx.iter().map(|&i| test.image(i)).collect();
-        let x = batch(&picks, 1, side, &dev);
-        let y = model.decode(model.encode(x.clone()));
-        let mse: Vec<f32> = (y - x).square().mean_dim(3).mean_dim(2).into_data().try_into_vec_as().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        sum += mse.iter().map(|&m| 10.0 * (1.0 / (m as f64).max(1e-10)).log10()).sum::<f64>();
-    }
-    Ok(sum / test.len() as f64)
+    let (_, errors) = codes_and_errors(model, test, side)?;
+    Ok(errors.iter().map(|&m| 10.0 * (1.0 / m.max(1e-10)).log10()).sum::<f64>() / errors.len() as f64)
 }
 
 /// The seed's figure: the first ten test images over their reconstructions, 3x enlarged.
