@@ -136,6 +136,15 @@ pub fn compress_with(model: &Model, image: &DynamicImage, quality: u8) -> Result
     compress_tiled(model, image, quality, DEFAULT_TILE)
 }
 
+/// Refuse an empty image or one with a side over [`MAX_SIDE`].
+fn check_size(image: &DynamicImage) -> Result<()> {
+    let (width, height) = (image.width(), image.height());
+    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
+        return Err(Error::TooLarge { width, height, max: MAX_SIDE });
+    }
+    Ok(())
+}
+
 fn check_tile(tile: usize) -> Result<()> {
     if tile == 0 || tile % cae_nn::STRIDE as usize != 0 {
         return Err(Error::Tile(tile));
@@ -154,9 +163,7 @@ pub fn compress_tiled(model: &Model, image: &DynamicImage, quality: u8, tile: us
         return Err(Error::Quality { quality, levels });
     }
     let (width, height) = (image.width(), image.height());
-    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
-        return Err(Error::TooLarge { width, height, max: MAX_SIDE });
-    }
+    check_size(image)?;
     let q = quality as usize - 1;
     let stride = cae_nn::STRIDE;
     let p = pixels::prepare(image, stride);

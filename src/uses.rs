@@ -8,10 +8,7 @@ use crate::{pixels, tiling, Error, Result};
 
 /// The latent `y` of an image (before the quality gains) and its shape `(M, h, w)`.
 fn latent(model: &Model, image: &DynamicImage) -> Result<(Vec<f32>, (usize, usize, usize))> {
-    let (w, h) = (image.width(), image.height());
-    if w == 0 || h == 0 || w > crate::MAX_SIDE || h > crate::MAX_SIDE {
-        return Err(Error::TooLarge { width: w, height: h, max: crate::MAX_SIDE });
-    }
+    crate::check_size(image)?;
     let p = pixels::prepare(image, cae_nn::STRIDE);
     let (pw, ph) = (p.padded_width, p.padded_height);
     let y = tiling::analyse(model, p.planes, pw, ph, tiling::DEFAULT_TILE, tiling::HALO);

@@ -207,9 +207,8 @@ fn figure(model: &SeedCae, test: &Mnist, side: usize, path: &Path) -> Result<()>
     let dev = Device::flex();
     let picks: Vec<&[u8]> = (0..10).map(|i| test.image(i)).collect();
     let x = batch(&picks, 1, side, &dev);
-    let y: Vec<f32> = model.decode(model.encode(x.clone())).into_data().try_into_vec_as().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let x: Vec<f32> = x.into_data().try_into_vec_as().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    grid(&[x, y], side, 10, path)
+    let y = floats(model.decode(model.encode(x.clone())))?;
+    grid(&[floats(x)?, y], side, 10, path)
 }
 
 fn table(a: &TrainArgs) -> Result<()> {
@@ -240,9 +239,19 @@ fn load_model(dir: &Path) -> Result<(SeedCae, SeedConfig)> {
     Ok((SeedCae::new(&cfg, &Device::flex()).load_record(record), cfg))
 }
 
+/// The values of a tensor of any rank, in order.
+fn floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data().try_into_vec_as().map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// Mean squared error of each image of a batch `[b, c, h, w]`.
+fn per_image_mse(x: Tensor<4>, y: Tensor<4>) -> Result<Vec<f64>> {
+    Ok(floats((x - y).square().mean_dim(3).mean_dim(2))?.into_iter().map(f64::from).collect())
+}
+
 fn to_vecs(t: Tensor<2>) -> Result<Vec<Vec<f32>>> {
     let [_, d] = t.dims();
-    let v: Vec<f32> = t.into_data().try_into_vec_as().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let v = floats(t)?;
     Ok(v.chunks(d).map(<[f32]>::to_vec).collect())
 }
 
@@ -255,8 +264,7 @@ fn codes_and_errors(model: &SeedCae, set: &Mnist, side: usize) -> Result<(Vec<Ve
         let x = batch(&picks, 1, side, &dev);
         let c = model.encode(x.clone());
         let y = model.decode(c.clone());
-        let mse: Vec<f32> = (y - x).square().mean_dim(3).mean_dim(2).into_data().try_into_vec_as().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        errors.extend(mse.iter().map(|&m| m as f64));
+        errors.extend(per_image_mse(y, x)?);
         codes.extend(to_vecs(c)?);
     }
     Ok((codes, errors))
@@ -360,8 +368,7 @@ fn denoise(a: &EvalArgs) -> Result<()> {
     dev.seed(7);
     let side = cfg.size;
     let psnr = |x: Tensor<4>, y: Tensor<4>| -> Result<f64> {
-        let m: Vec<f32> = (x - y).square().mean_dim(3).mean_dim(2).into_data().try_into_vec_as().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        Ok(m.iter().map(|&v| 10.0 * (1.0 / (v as f64).max(1e-10)).log10()).sum())
+        Ok(per_image_mse(x, y)?.iter().map(|&v| 10.0 * (1.0 / v.max(1e-10)).log10()).sum())
     };
     let (mut before, mut after) = (0.0, 0.0);
     let mut rows: Vec<Vec<f32>> = vec![Vec::new(); 3];
@@ -374,8 +381,7 @@ fn denoise(a: &EvalArgs) -> Result<()> {
         after += psnr(out.clone(), clean.clone())?;
         if start == 0 {
             for (r, t) in rows.iter_mut().zip([noisy, out, clean]) {
-                let v: Vec<f32> = t.slice([0..10]).into_data().try_into_vec_as().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                *r = v;
+                *r = floats(t.slice([0..10]))?;
             }
         }
     }
@@ -404,7 +410,7 @@ fn generate(a: &EvalArgs) -> Result<()> {
         let d = codes[0].len();
         let flat: Vec<f32> = codes.iter().flatten().copied().collect();
         let t = Tensor::<2>::from_data(TensorData::new(flat, [codes.len(), d]), &dev);
-        model.decode(t).into_data().try_into_vec_as().map_err(|e| anyhow::anyhow!("{e:?}"))
+        floats(model.decode(t))
     };
     // Rows of interpolations between pairs of test images (the first ten, in pairs).
     let mut rows = Vec::new();
