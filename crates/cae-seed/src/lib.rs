@@ -121,10 +121,19 @@ impl SeedCae {
             from_code: LinearConfig::new(cfg.code, bc * bs * bs).init(device),
             upsample: Interpolate2dConfig::new().with_scale_factor(Some([2.0, 2.0])).with_mode(InterpolateMode::Nearest).init(),
             decoder,
-            output: conv3(ch[0], cfg.image_channels, device),
+            output: Self::output_layer(ch[0], cfg.image_channels, device),
             bottom_channels: bc,
             bottom_side: bs,
         }
+    }
+
+    /// The output convolution, its bias starting at the logit of a dark image (σ(−2) = 0.12,
+    /// about MNIST's mean): started at 0.5 everywhere, the first steps pushed every logit far
+    /// down, the sigmoid saturated, and MSE/L1 training stalled with an all-black output.
+    fn output_layer(c_in: usize, c_out: usize, device: &Device) -> Conv2d {
+        let mut conv = conv3(c_in, c_out, device);
+        conv.bias = Some(burn::module::Param::from_tensor(Tensor::full([c_out], -2.0, device)));
+        conv
     }
 
     /// The code of each image: `[b, code]`; images `[b, c, size, size]` in [0, 1].
