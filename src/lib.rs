@@ -27,7 +27,7 @@ use cae_models::{Model, ModelError};
 use image::DynamicImage;
 pub use pixels::psnr;
 pub use tiling::{DEFAULT_TILE, HALO};
-pub use uses::{anomaly_score, embed, interpolate, AnomalyScore};
+pub use uses::{add_noise, anomaly_score, denoise, embed, interpolate, sample, AnomalyScore, DENOISE_MODEL, DENOISE_QUALITY};
 
 /// The quality used when none is given (1-based).
 pub const DEFAULT_QUALITY: u8 = 2;
@@ -349,14 +349,28 @@ fn decode_file(model: &Model, file: &cae_format::CaeFile, tile: usize) -> Result
     };
     let (_, y_hat) = entropy_decode(file, model)?;
     let ys = h.y_shape;
-    let (yh, yw) = (ys.height as usize, ys.width as usize);
-    let y = Tensor::<4>::from_data(TensorData::new(y_hat, [1, ys.channels as usize, yh, yw]), &device());
-    let q = h.quality as usize - 1;
+    let shape = (ys.channels as usize, ys.height as usize, ys.width as usize);
+    Ok(synthesise_image(model, y_hat, shape, h.quality as usize - 1, tile, (h.width, h.height), h.colour, alpha))
+}
+
+/// The image of dequantised latents `y_hat` (`[M, yh, yw]`, quality gains still applied) at
+/// quality index `q`, cropped to `size` from the padded `16·yw` x `16·yh`.
+pub(crate) fn synthesise_image(
+    model: &Model,
+    y_hat: Vec<f32>,
+    (m, yh, yw): (usize, usize, usize),
+    q: usize,
+    tile: usize,
+    (width, height): (u32, u32),
+    colour: ColourType,
+    alpha: Option<image::GrayImage>,
+) -> DynamicImage {
+    let y = Tensor::<4>::from_data(TensorData::new(y_hat, [1, m, yh, yw]), &device());
     let y = tensor_to_vec(model.gains.invert(y, &[q]));
     let planes = tiling::synthesise(model, y, yh, yw, tile, HALO);
-    let (pw, ph) = (h.padded_width() as usize, h.padded_height() as usize);
-    Ok(pixels::assemble(&planes, pw, ph, h.width, h.height, h.colour, alpha))
+    pixels::assemble(&planes, 16 * yw, 16 * yh, width, height, colour, alpha)
 }
+
 
 /// Whether a file name's extension is an image format this build reads.
 pub fn is_image_path(p: &std::path::Path) -> bool {

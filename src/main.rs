@@ -148,6 +148,42 @@ enum Command {
         #[arg(short, long, default_value = caec::DEFAULT_MODEL)]
         model: String,
     },
+    /// Draw images from the model's learned prior (z from the factorized density, y from the
+    /// hyperprior's Gaussians, decoded); writes them side by side.
+    Sample {
+        /// How many images.
+        #[arg(short, long, default_value_t = 4)]
+        n: usize,
+        #[arg(long, default_value_t = 256)]
+        width: u32,
+        #[arg(long, default_value_t = 256)]
+        height: u32,
+        #[arg(short, long, default_value_t = caec::DEFAULT_QUALITY)]
+        quality: u8,
+        /// Seed of the first image (the others use the next seeds).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(flatten)]
+        output: OutputArgs,
+        #[arg(short, long, default_value = caec::DEFAULT_MODEL)]
+        model: String,
+    },
+    /// Remove noise from a photo with a model trained on noisy inputs (a denoising
+    /// autoencoder; the built-in `denoise` model learned Gaussian noise of σ = 15 levels).
+    Denoise {
+        /// The noisy image (- for standard input).
+        input: PathBuf,
+        /// The denoised image (format from the extension; PNG for -).
+        output: PathBuf,
+        /// Quality level of the model to code at (higher keeps more detail).
+        #[arg(short, long, default_value_t = caec::DENOISE_QUALITY)]
+        quality: u8,
+        #[arg(short, long, default_value = caec::DENOISE_MODEL)]
+        model: String,
+        /// Overwrite the output if it exists.
+        #[arg(short, long)]
+        force: bool,
+    },
     /// Show the header of a .cae file.
     Info {
         /// The .cae file, or - for standard input.
@@ -414,6 +450,24 @@ fn image_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Images of one size in a row.
+fn side_by_side(images: &[image::DynamicImage]) -> image::DynamicImage {
+    let (w, h) = (images[0].width(), images[0].height());
+    let mut row = image::RgbImage::new(w * images.len() as u32, h);
+    for (i, img) in images.iter().enumerate() {
+        image::imageops::replace(&mut row, &img.to_rgb8(), (i as u32 * w) as i64, 0);
+    }
+    image::DynamicImage::ImageRgb8(row)
+}
+
+/// Write an image in the format its extension names (PNG for - and unknown extensions).
+fn write_image(p: &Path, image: &image::DynamicImage, force: bool) -> Result<()> {
+    let format = if is_std(p) { image::ImageFormat::Png } else { image::ImageFormat::from_path(p).unwrap_or(image::ImageFormat::Png) };
+    let mut buf = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut buf, format).with_context(|| label(p))?;
+    write_output(p, buf.get_ref(), force)
+}
+
 fn load_image(p: &Path) -> Result<image::DynamicImage> {
     caec::read_image(&read_input(p)?).with_context(|| label(p))
 }
@@ -488,14 +542,7 @@ fn run(cli: Cli) -> Result<()> {
             let job = |input: &Path, output: &Path| -> Result<String> {
                 let bytes = read_input(input)?;
                 let image = caec::decompress(&bytes, &limits).with_context(|| label(input))?;
-                let format = if is_std(output) {
-                    image::ImageFormat::Png
-                } else {
-                    image::ImageFormat::from_path(output).unwrap_or(image::ImageFormat::Png)
-                };
-                let mut buf = std::io::Cursor::new(Vec::new());
-                image.write_to(&mut buf, format).with_context(|| label(output))?;
-                write_output(output, buf.get_ref(), force)?;
+                write_image(output, &image, force)?;
                 Ok(format!("{}x{}", image.width(), image.height()))
             };
             match out_dir {
@@ -575,14 +622,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Interpolate { a, b, steps, output: OutputArgs { out, force }, model } => {
             let model = caec::load_model(&model)?;
             let path = caec::interpolate(&model, &load_image(&a)?, &load_image(&b)?, steps)?;
-            let (w, h) = (path[0].width(), path[0].height());
-            let mut row = image::RgbImage::new(w * path.len() as u32, h);
-            for (i, img) in path.iter().enumerate() {
-                image::imageops::replace(&mut row, &img.to_rgb8(), (i as u32 * w) as i64, 0);
+            write_image(&out, &side_by_side(&path), force)
+        }
+        Command::Sample { n, width, height, quality, seed, output: OutputArgs { out, force }, model } => {
+            if n == 0 {
+                bail!("-n 0: nothing to draw");
             }
-            let mut png = Vec::new();
-            image::DynamicImage::ImageRgb8(row).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
-            write_output(&out, &png, force)
+            let model = caec::load_model(&model)?;
+            let images = (0..n as u64).map(|k| caec::sample(&model, width, height, quality, seed + k)).collect::<caec::Result<Vec<_>>>()?;
+            write_image(&out, &side_by_side(&images), force)
+        }
+        Command::Denoise { input, output, quality, model, force } => {
+            if !force && !is_std(&output) && output.exists() {
+                bail!("{}: already exists (use --force to overwrite)", output.display());
+            }
+            let model = caec::load_model(&model)?;
+            let clean = caec::denoise(&model, &load_image(&input)?, quality).with_context(|| label(&input))?;
+            write_image(&output, &clean, force)
         }
         Command::Info { file } => {
             let bytes = read_input(&file)?;

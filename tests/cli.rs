@@ -334,4 +334,9 @@ fn embed_cluster_anomaly_interpolate() {
     let small = p("small.png");
     common::synthetic(10, 10, 1).save(&small).unwrap();
     assert_clean_failure(&run(&["interpolate", &noise_path, &small, "-o", &p("x.png")]), "one size");
+
+    assert!(run(&["sample", "-n", "2", "--width", "64", "--height", "40", "-o", &p("s.png")]).status.success());
+    let s = image::open(p("s.png")).unwrap();
+    assert_eq!((s.width(), s.height()), (128, 40));
+    assert_clean_failure(&run(&["sample", "-n", "2", "-q", "99", "-o", &p("s9.png")]), "quality");
 }

@@ -79,10 +79,11 @@ fn write_new_golden_files() {
         return;
     }
     std::fs::create_dir_all(dir()).unwrap();
-    let model = caec::load_model("default").unwrap();
     let existing: Vec<String> = if dir().join("manifest.txt").exists() { manifest().into_iter().map(|e| e.name).collect() } else { Vec::new() };
     let mut lines = String::new();
-    for (stem, img, q) in inputs() {
+    // Every built-in model that writes files gets its golden files (those it has are kept).
+    let models: Vec<_> = caec::model_names().into_iter().map(|n| caec::load_model(n).unwrap()).collect();
+    for (model, (stem, img, q)) in models.iter().flat_map(|m| inputs().into_iter().map(move |i| (m, i))) {
         let name = format!("{stem}-{:016x}.cae", model.id);
         if existing.contains(&name) || dir().join(&name).exists() {
             continue;

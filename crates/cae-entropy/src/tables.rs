@@ -55,6 +55,21 @@ impl CdfTable {
         self.probs.len() - 1
     }
 
+    /// The value whose probability interval holds `u` (taken modulo [`TOTAL`]): a uniform
+    /// `u` gives a sample of the table's distribution. The escape entry gives the first value
+    /// past the range.
+    pub fn quantile(&self, u: u32) -> i32 {
+        let u = u % TOTAL;
+        let mut cum = 0u32;
+        for (i, &p) in self.probs.iter().enumerate() {
+            cum += p;
+            if u < cum {
+                return self.offset + i as i32;
+            }
+        }
+        self.offset + self.range_len() as i32
+    }
+
     /// Quantise a floating-point distribution over `offset ..` (plus the escape mass as the
     /// last entry) into a valid table. Deterministic for a given input.
     pub fn from_float(offset: i32, pmf_with_escape: &[f64]) -> Result<Self, TableError> {
@@ -152,6 +167,24 @@ mod tests {
         assert!((normal_cdf(0.0) - 0.5).abs() < 1e-7);
         assert!((normal_cdf(1.0) - 0.841_344_746).abs() < 1e-6);
         assert!((normal_cdf(-2.0) - 0.022_750_132).abs() < 1e-6);
+    }
+
+    #[test]
+    fn quantiles_follow_the_probabilities() {
+        let t = CdfTable { offset: -1, probs: vec![100, TOTAL - 300, 150, 50] };
+        assert_eq!((t.quantile(0), t.quantile(99)), (-1, -1));
+        assert_eq!((t.quantile(100), t.quantile(TOTAL - 201)), (0, 0));
+        assert_eq!((t.quantile(TOTAL - 200), t.quantile(TOTAL - 51)), (1, 1));
+        // The escape entry: the first value past the range.
+        assert_eq!(t.quantile(TOTAL - 1), 2);
+        assert_eq!(t.quantile(TOTAL + 5), -1);
+        // Uniform u over a Gaussian table: sample mean near 0, spread near the scale.
+        let g = gaussian_table(3.0);
+        let n = 4096u32;
+        let v: Vec<f64> = (0..n).map(|k| g.quantile(k * (TOTAL / n) + 7) as f64).collect();
+        let mean = v.iter().sum::<f64>() / n as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+        assert!(mean.abs() < 0.05 && (sd - 3.0).abs() < 0.2, "mean {mean}, sd {sd}");
     }
 
     #[test]

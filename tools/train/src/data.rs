@@ -128,6 +128,13 @@ pub fn batch(images: &[RgbImage], b: usize, crop: usize, rng: &mut impl Rng, dev
     Tensor::from_data(TensorData::new(buf, [b, 3, crop, crop]), device)
 }
 
+/// `x` (in [0, 1]) with Gaussian noise of `sigma` 8-bit levels, rounded to 8-bit levels and
+/// clipped: what a noisy 8-bit photo looks like to the encoder.
+pub fn add_noise(x: Tensor<4>, sigma: f64) -> Tensor<4> {
+    let noise = x.random_like(burn::tensor::Distribution::Normal(0.0, sigma / 255.0));
+    ((x + noise) * 255.0).round().clamp(0.0, 255.0) / 255.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

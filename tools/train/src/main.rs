@@ -73,6 +73,11 @@ struct Args {
     /// rounded around the means with a straight-through gradient.
     #[arg(long)]
     decoder_noise: bool,
+    /// Train a denoising codec: add Gaussian noise of this standard deviation (8-bit levels,
+    /// then rounded to 8 bits) to every input crop and measure the distortion against the
+    /// clean crop. Validation images get the same noise (fixed seeds).
+    #[arg(long, default_value_t = 0.0)]
+    noise: f64,
     /// Random seed (weights, crops, noise).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -171,7 +176,8 @@ fn main() -> Result<()> {
         let q = rng.random_range(0..config.levels());
         let lambda = config.lambdas[q];
         let x = data::batch(&images, args.batch, args.crop, &mut rng, &device);
-        let out = model.forward(x, q, args.decoder_noise);
+        let input = if args.noise > 0.0 { data::add_noise(x.clone(), args.noise) } else { x.clone() };
+        let out = model.forward(input, x, q, args.decoder_noise);
         let loss = out.mse.clone() * (lambda * 255.0 * 255.0) + out.bpp.clone();
         let (loss_v, bpp_v, mse_v) = (
             loss.clone().into_scalar::<f32>() as f64,
@@ -195,7 +201,7 @@ fn main() -> Result<()> {
         if last_ckpt.elapsed().as_secs_f64() > args.checkpoint_minutes * 60.0 {
             let bytes = save(&model, &config, step, &args.out, &device)?;
             if !val_images.is_empty() {
-                let (summary, score) = validate(&bytes, &model, &config, &device, &val_images, step, &mut val_log)?;
+                let (summary, score) = validate(&bytes, &model, &config, &device, &val_images, args.noise, step, &mut val_log)?;
                 let note = keep_best(&args.out, step, score, &mut best)?;
                 bar.suspend(|| eprintln!("{summary}{note}"));
             }
@@ -208,7 +214,7 @@ fn main() -> Result<()> {
     }
     let bytes = save(&model, &config, step, &args.out, &device)?;
     if !val_images.is_empty() {
-        let (summary, score) = validate(&bytes, &model, &config, &device, &val_images, step, &mut val_log)?;
+        let (summary, score) = validate(&bytes, &model, &config, &device, &val_images, args.noise, step, &mut val_log)?;
         let note = keep_best(&args.out, step, score, &mut best)?;
         eprintln!("{summary}{note}");
     }
@@ -330,6 +336,8 @@ fn load_validation(args: &Args) -> Result<Vec<(String, image::DynamicImage)>> {
 /// encoder and decoder; log mean bpp (whole file), PSNR and MS-SSIM per quality, beside the
 /// rate and PSNR the float model estimates with rounding (NaN for sizes that are not
 /// multiples of 64), so that the cost of the integer tables, the escapes and the header shows.
+/// With `noise` > 0 the coded images are noisy copies (seed = their index) and PSNR and
+/// MS-SSIM are measured against the clean images (the estimated PSNR is then NaN).
 /// Returns the summary line and a score: the training loss with real files, averaged over
 /// the qualities (lower is better).
 fn validate(
@@ -338,6 +346,7 @@ fn validate(
     config: &ModelConfig,
     device: &Device,
     images: &[(String, image::DynamicImage)],
+    noise: f64,
     step: usize,
     log: &mut std::fs::File,
 ) -> Result<(String, f64)> {
@@ -349,12 +358,14 @@ fn validate(
     let mut score = 0.0;
     for q in 1..=model.config.levels() as u8 {
         let (mut bpp, mut psnr, mut ms_ssim, mut est_bpp, mut est_psnr) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        for (_, img) in images {
+        for (i, (_, clean)) in images.iter().enumerate() {
+            let noisy = (noise > 0.0).then(|| caec::add_noise(clean, noise, i as u64));
+            let img = noisy.as_ref().unwrap_or(clean);
             let file = caec::compress_with(&model, img, q)?;
             let back = caec::decompress_with(&model, &file, &caec::Limits::default())?;
             bpp += file.len() as f64 * 8.0 / (img.width() as f64 * img.height() as f64);
-            psnr += caec::psnr(img, &back);
-            ms_ssim += caec::metrics::ms_ssim(&img.to_rgb8(), &back.to_rgb8()).unwrap_or(f64::NAN);
+            psnr += caec::psnr(clean, &back);
+            ms_ssim += caec::metrics::ms_ssim(&clean.to_rgb8(), &back.to_rgb8()).unwrap_or(f64::NAN);
             let (w, h) = (img.width() as usize, img.height() as usize);
             if w % 64 == 0 && h % 64 == 0 {
                 let rgb = img.to_rgb8();
@@ -367,7 +378,7 @@ fn validate(
                 let x = Tensor::<4>::from_data(TensorData::new(planes, [1, 3, h, w]), &eval_device);
                 let (b, mse) = eval.estimate(x, q as usize - 1);
                 est_bpp += b;
-                est_psnr += 10.0 * (1.0 / mse.max(1e-10)).log10();
+                est_psnr += if noisy.is_some() { f64::NAN } else { 10.0 * (1.0 / mse.max(1e-10)).log10() };
             } else {
                 est_bpp = f64::NAN;
                 est_psnr = f64::NAN;

@@ -65,11 +65,12 @@ impl Net {
         }
     }
 
-    /// One training forward pass at quality index `q` for the whole batch.
+    /// One training forward pass at quality index `q` for the whole batch: code `x`, measure
+    /// the distortion against `target` (`x` itself, or the clean image when `x` is noisy).
     /// With `decoder_noise`, the synthesis sees the same noisy latent as the rate term
     /// (CompressAI's training forward); without, the latent rounded around the means with a
     /// straight-through gradient (what it sees at inference; Minnen & Singh 2020).
-    pub fn forward(&self, x: Tensor<4>, q: usize, decoder_noise: bool) -> Output {
+    pub fn forward(&self, x: Tensor<4>, target: Tensor<4>, q: usize, decoder_noise: bool) -> Output {
         let [b, _, h, w] = x.dims();
         let qs = vec![q; b];
         let y = self.gains.apply(self.g_a.forward(x.clone()), &qs);
@@ -88,7 +89,7 @@ impl Net {
         let bpp = bits / (-std::f64::consts::LN_2 * pixels);
         let y_hat = if decoder_noise { y_tilde } else { cae_quant::ste_round_around(y, means) };
         let x_hat = self.g_s.forward(self.gains.invert(y_hat, &qs));
-        let mse = (x_hat - x).square().mean();
+        let mse = (x_hat - target).square().mean();
         Output { mse, bpp }
     }
 
