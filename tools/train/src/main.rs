@@ -19,9 +19,15 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, serde::Serialize)]
 #[command(version, about = "Train a caec model on folders of images")]
 struct Args {
+    /// Read the settings from a TOML file (keys are the long option names, `_` or `-`;
+    /// lists as arrays); options on the command line override it. Every run writes the
+    /// settings it used to out/run.toml, which this reads back.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// Folders (searched recursively) of PNG/JPEG training images.
     #[arg(long, required = true)]
     data: Vec<PathBuf>,
@@ -104,11 +110,12 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let args = Args::parse_from(expand_config(std::env::args_os().collect())?);
     let config = ModelConfig { n: args.n, m: args.m, kernel: 5, gdn: !args.relu, lambdas: args.lambdas.clone() };
     config.validate()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
     std::fs::write(args.out.join("config.toml"), config.to_toml())?;
+    std::fs::write(args.out.join("run.toml"), toml::to_string(&args)?)?;
 
     let t0 = Instant::now();
     let images = data::load(&args.data, args.downscale, args.crop)?;
@@ -229,6 +236,66 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The command line with `--config FILE` replaced by the file's settings: each key becomes
+/// `--key value` (an array: the option once per element; `true`: the bare flag; `false`:
+/// nothing), placed before the command line's own options and left out where the command
+/// line gives that option itself, so the command line wins.
+fn expand_config(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
+    use std::ffi::OsString;
+    let Some(i) = argv.iter().position(|a| a == "--config" || a.to_string_lossy().starts_with("--config=")) else {
+        return Ok(argv);
+    };
+    let mut rest = argv.clone();
+    let path = match argv[i].to_str().and_then(|a| a.strip_prefix("--config=")) {
+        Some(p) => {
+            rest.remove(i);
+            PathBuf::from(p)
+        }
+        None => {
+            let p = argv.get(i + 1).context("--config needs a file")?;
+            rest.drain(i..i + 2);
+            PathBuf::from(p)
+        }
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let table: toml::Table = text.parse().with_context(|| path.display().to_string())?;
+    let given: std::collections::HashSet<String> = rest
+        .iter()
+        .filter_map(|a| a.to_str()?.strip_prefix("--").map(|a| a.split('=').next().unwrap_or(a).to_string()))
+        .collect();
+    let scalar = |v: &toml::Value| -> Result<String> {
+        Ok(match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            other => bail!("{}: {other} is not a string or a number", path.display()),
+        })
+    };
+    let mut out: Vec<OsString> = rest.first().cloned().into_iter().collect();
+    for (key, value) in &table {
+        let flag = key.replace('_', "-");
+        if given.contains(&flag) || flag == "config" {
+            continue;
+        }
+        match value {
+            toml::Value::Boolean(true) => out.push(format!("--{flag}").into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for v in items {
+                    out.push(format!("--{flag}").into());
+                    out.push(scalar(v)?.into());
+                }
+            }
+            v => {
+                out.push(format!("--{flag}").into());
+                out.push(scalar(v)?.into());
+            }
+        }
+    }
+    out.extend(rest.into_iter().skip(1));
+    Ok(out)
+}
+
 /// Learning-rate multiplier: linear warm-up from 0.1 over `warmup` steps of this run, constant,
 /// then a cosine from 1 to `final_factor` over the part of the run after `decay_from`.
 fn lr_factor(run_step: usize, progress: f64, warmup: usize, decay_from: f64, final_factor: f64) -> f64 {
@@ -262,7 +329,29 @@ fn pick_device(name: &str) -> Result<Device> {
 
 #[cfg(test)]
 mod tests {
-    use super::lr_factor;
+    use super::{expand_config, lr_factor, Args};
+    use clap::Parser;
+
+    #[test]
+    fn a_written_run_file_reads_back_and_the_command_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let argv = |s: &str| -> Vec<std::ffi::OsString> { s.split_whitespace().map(Into::into).collect() };
+        let first = Args::parse_from(argv("caec-train --data a --data b -o out --lambdas 0.01,0.02 --relu --crop 256"));
+        let run = dir.path().join("run.toml");
+        std::fs::write(&run, toml::to_string(&first).unwrap()).unwrap();
+        let again = Args::parse_from(expand_config(argv(&format!("caec-train --config {} --crop 192", run.display()))).unwrap());
+        assert_eq!(again.data, first.data);
+        assert_eq!((again.lambdas.clone(), again.relu, again.out.clone()), (vec![0.01, 0.02], true, "out".into()));
+        assert_eq!((again.crop, first.crop), (192, 256));
+        assert_eq!(again.minutes, first.minutes);
+        // A hand-written file: dashes or underscores, and an unknown key is an error from clap.
+        std::fs::write(&run, "data = [\"x\"]\nout = \"o\"\nval-images = 2\n").unwrap();
+        let a = Args::parse_from(expand_config(argv(&format!("caec-train --config={}", run.display()))).unwrap());
+        assert_eq!(a.val_images, 2);
+        std::fs::write(&run, "data = [\"x\"]\nout = \"o\"\nnonesuch = 1\n").unwrap();
+        assert!(Args::try_parse_from(expand_config(argv(&format!("caec-train --config {}", run.display()))).unwrap()).is_err());
+        assert!(expand_config(argv("caec-train --config")).is_err());
+    }
 
     #[test]
     fn schedule_warms_up_holds_and_decays() {
