@@ -340,3 +340,26 @@ fn embed_cluster_anomaly_interpolate() {
     assert_eq!((s.width(), s.height()), (128, 40));
     assert_clean_failure(&run(&["sample", "-n", "2", "-q", "99", "-o", &p("s9.png")]), "quality");
 }
+
+#[test]
+fn denoise_removes_gaussian_noise() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // A generated picture, and Kodak's kodim23 when the corpus is there.
+    let mut cases = vec![("synthetic", image::DynamicImage::ImageRgb8(common::synthetic(160, 120, 5)), 3.0)];
+    if let Some(k) = common::kodak("kodim23.png") {
+        cases.push(("kodim23", k, 3.0));
+    }
+    for (name, clean, min_gain) in cases {
+        let noisy = caec::add_noise(&clean, 15.0, 1);
+        let (inp, out) = (p(&format!("{name}-noisy.png")), p(&format!("{name}-out.png")));
+        noisy.save(&inp).unwrap();
+        let r = run(&["denoise", &inp, &out]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let back = image::open(&out).unwrap();
+        let (before, after) = (caec::psnr(&clean, &noisy), caec::psnr(&clean, &back));
+        assert!(after > before + min_gain, "{name}: PSNR {before:.2} dB noisy, {after:.2} dB denoised");
+        assert_clean_failure(&run(&["denoise", &inp, &out]), "already exists");
+    }
+    assert_clean_failure(&run(&["denoise", &p("missing.png"), &p("x.png")]), "missing.png");
+}

@@ -24,6 +24,9 @@ use sha2::{Digest, Sha256};
 pub static BUILTIN: &[(&str, &[u8])] = &[
     ("default", include_bytes!("../weights/default.caem")),
     ("default-2026-11-27", include_bytes!("../weights/default-2026-11-27.caem")),
+    // The default model trained further on noisy inputs (σ = 15) against clean targets: a
+    // denoising autoencoder that is also a codec (`caec denoise`).
+    ("denoise", include_bytes!("../weights/denoise.caem")),
 ];
 
 /// The name of the model used when none is asked for.
