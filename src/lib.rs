@@ -138,9 +138,22 @@ pub fn compress_with(model: &Model, image: &DynamicImage, quality: u8) -> Result
 
 /// Refuse an empty image or one with a side over [`MAX_SIDE`].
 fn check_size(image: &DynamicImage) -> Result<()> {
-    let (width, height) = (image.width(), image.height());
+    check_dimensions(image.width(), image.height())
+}
+
+/// Refuse a size with a zero side or a side over [`MAX_SIDE`].
+fn check_dimensions(width: u32, height: u32) -> Result<()> {
     if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE {
         return Err(Error::TooLarge { width, height, max: MAX_SIDE });
+    }
+    Ok(())
+}
+
+/// Refuse a quality level the model does not have (they are 1..=levels).
+fn check_quality(model: &Model, quality: u8) -> Result<()> {
+    let levels = model.config.levels();
+    if quality == 0 || quality as usize > levels {
+        return Err(Error::Quality { quality, levels });
     }
     Ok(())
 }
@@ -158,10 +171,7 @@ fn check_tile(tile: usize) -> Result<()> {
 /// one whole-image coding writes (up to float rounding): no seams, nothing in the format.
 pub fn compress_tiled(model: &Model, image: &DynamicImage, quality: u8, tile: usize) -> Result<Vec<u8>> {
     check_tile(tile)?;
-    let levels = model.config.levels();
-    if quality == 0 || quality as usize > levels {
-        return Err(Error::Quality { quality, levels });
-    }
+    check_quality(model, quality)?;
     let (width, height) = (image.width(), image.height());
     check_size(image)?;
     let q = quality as usize - 1;
@@ -354,7 +364,7 @@ fn decode_file(model: &Model, file: &cae_format::CaeFile, tile: usize) -> Result
 }
 
 /// The image of dequantised latents `y_hat` (`[M, yh, yw]`, quality gains still applied) at
-/// quality index `q`, cropped to `size` from the padded `16·yw` x `16·yh`.
+/// quality index `q`, cropped from the padded `16·yw` x `16·yh` to `width` x `height`.
 pub(crate) fn synthesise_image(
     model: &Model,
     y_hat: Vec<f32>,

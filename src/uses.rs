@@ -131,13 +131,8 @@ pub fn add_noise(image: &DynamicImage, sigma: f64, seed: u64) -> DynamicImage {
 /// the same image.
 pub fn sample(model: &Model, width: u32, height: u32, quality: u8, seed: u64) -> Result<DynamicImage> {
     use rand::{Rng, SeedableRng};
-    let levels = model.config.levels();
-    if quality == 0 || quality as usize > levels {
-        return Err(Error::Quality { quality, levels });
-    }
-    if width == 0 || height == 0 || width > crate::MAX_SIDE || height > crate::MAX_SIDE {
-        return Err(Error::TooLarge { width, height, max: crate::MAX_SIDE });
-    }
+    crate::check_quality(model, quality)?;
+    crate::check_dimensions(width, height)?;
     let stride = cae_nn::STRIDE as usize;
     let (pw, ph) = ((width as usize).div_ceil(stride) * stride, (height as usize).div_ceil(stride) * stride);
     let (zh, zw, yh, yw) = (ph / stride, pw / stride, ph / 16, pw / 16);
