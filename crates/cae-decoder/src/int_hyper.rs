@@ -122,76 +122,99 @@ impl IntConv {
     }
 
     /// Apply the layer to `input` ([c_in][h][w], fixed point); `relu` clips negatives.
+    ///
+    /// Both kinds are one matrix product (f64, through ndarray's matrixmultiply) plus data
+    /// movement: a 3x3 convolution multiplies the weights by the input's im2col matrix; a
+    /// transposed convolution multiplies the per-tap weights by the input and adds every
+    /// product column into its place in the output (col2im).
     pub fn forward(&self, input: &[i32], h: usize, w: usize, relu: bool) -> Vec<i32> {
         assert_eq!(input.len(), self.c_in * h * w, "input size");
         let (ho, wo) = self.out_size(h, w);
         let k = self.kind.kernel();
+        let (kk, hw) = (k * k, h * w);
         // The sums are computed in f64, which holds them exactly: every product is an integer
         // below 2^15 · 2^24 = 2^39 in magnitude and every partial sum one below c_in·k²·2^39 < 2^53,
-        // so each addition is exact and the result does not depend on order or vector width —
-        // and f64 arithmetic vectorises where i64 multiplication does not.
-        assert!(self.c_in * k * k < 1 << 14, "layer too wide for exact f64 accumulation");
-        let input: Vec<f64> = input.iter().map(|&v| v as f64).collect();
-        let mut out = vec![0i32; self.c_out * ho * wo];
-        out.par_chunks_mut(ho * wo).enumerate().for_each(|(o, plane)| {
-            let mut acc = vec![0f64; ho * wo];
-            for i in 0..self.c_in {
-                let src = &input[i * h * w..(i + 1) * h * w];
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let wv = self.weight[((o * self.c_in + i) * k + ky) * k + kx] as f64;
-                        if wv == 0.0 {
-                            continue;
+        // so each addition (fused or not) is exact and the result does not depend on the order
+        // in which the matrix product, threads or vector lanes add the terms.
+        assert!(self.c_in * kk < 1 << 14, "layer too wide for exact f64 accumulation");
+        let acc: Vec<f64> = match self.kind {
+            IntConvKind::Same3x3 => {
+                // Row (i, ky, kx) of the im2col matrix, column y·w + x: in[i][y + ky − 1][x + kx − 1].
+                let mut cols = vec![0f64; self.c_in * kk * hw];
+                cols.par_chunks_mut(hw).enumerate().for_each(|(r, col)| {
+                    let (i, ky, kx) = (r / kk, (r % kk) / k, r % k);
+                    for y in 1usize.saturating_sub(ky)..h.min((h + 1).saturating_sub(ky)) {
+                        let src = &input[(i * h + y + ky - 1) * w..][..w];
+                        for x in 1usize.saturating_sub(kx)..w.min((w + 1).saturating_sub(kx)) {
+                            col[y * w + x] = src[x + kx - 1] as f64;
                         }
-                        match self.kind {
-                            IntConvKind::Up5x5 => {
-                                // out[2*iy - 2 + ky][2*ix - 2 + kx] += w * in[iy][ix]
-                                for iy in 0..h {
-                                    let oy = (2 * iy + ky) as isize - 2;
-                                    if oy < 0 || oy >= ho as isize {
-                                        continue;
-                                    }
-                                    let row = &mut acc[oy as usize * wo..(oy as usize + 1) * wo];
-                                    let srow = &src[iy * w..(iy + 1) * w];
-                                    for (ix, &v) in srow.iter().enumerate() {
-                                        let ox = (2 * ix + kx) as isize - 2;
-                                        if ox >= 0 && ox < wo as isize {
-                                            row[ox as usize] += wv * v;
-                                        }
-                                    }
-                                }
-                            }
-                            IntConvKind::Same3x3 => {
-                                // out[y][x] += w * in[y + ky - 1][x + kx - 1]
-                                for y in 0..ho {
-                                    let sy = (y + ky) as isize - 1;
-                                    if sy < 0 || sy >= h as isize {
-                                        continue;
-                                    }
-                                    let row = &mut acc[y * wo..(y + 1) * wo];
-                                    let srow = &src[sy as usize * w..(sy as usize + 1) * w];
-                                    let x0 = if kx == 0 { 1 } else { 0 };
-                                    let x1 = if kx == 2 { wo - 1 } else { wo };
-                                    for x in x0..x1 {
-                                        row[x] += wv * srow[x + kx - 1];
-                                    }
+                    }
+                });
+                let weights: Vec<f64> = self.weight.iter().map(|&v| v as f64).collect();
+                matmul(&weights, self.c_out, self.c_in * kk, &cols, hw)
+            }
+            IntConvKind::Up5x5 => {
+                // Row (o, ky, kx) of the product, column iy·w + ix: Σ_i w[o][i][ky][kx]·in[i][iy][ix],
+                // which belongs at out[o][2·iy + ky − 2][2·ix + kx − 2].
+                let mut taps = vec![0f64; self.c_out * kk * self.c_in];
+                for o in 0..self.c_out {
+                    for i in 0..self.c_in {
+                        for t in 0..kk {
+                            taps[(o * kk + t) * self.c_in + i] = self.weight[(o * self.c_in + i) * kk + t] as f64;
+                        }
+                    }
+                }
+                let x: Vec<f64> = input.iter().map(|&v| v as f64).collect();
+                let cols = matmul(&taps, self.c_out * kk, self.c_in, &x, hw);
+                let mut acc = vec![0f64; self.c_out * ho * wo];
+                acc.par_chunks_mut(ho * wo).enumerate().for_each(|(o, plane)| {
+                    for t in 0..kk {
+                        let (ky, kx) = (t / k, t % k);
+                        let col = &cols[(o * kk + t) * hw..][..hw];
+                        for iy in 0..h {
+                            let Some(oy) = (2 * iy + ky).checked_sub(2).filter(|&oy| oy < ho) else { continue };
+                            for ix in 0..w {
+                                if let Some(ox) = (2 * ix + kx).checked_sub(2).filter(|&ox| ox < wo) {
+                                    plane[oy * wo + ox] += col[iy * w + ix];
                                 }
                             }
                         }
                     }
-                }
+                });
+                acc
             }
+        };
+        let mut out = vec![0i32; self.c_out * ho * wo];
+        out.par_chunks_mut(ho * wo).zip(acc.par_chunks(ho * wo)).enumerate().for_each(|(o, (plane, acc))| {
             let s = self.shift[o] as u32;
             let bias = self.bias[o];
             let half = if s > 0 { 1i64 << (s - 1) } else { 0 };
             let lo = if relu { 0 } else { -ACT_LIMIT };
-            for (dst, &a) in plane.iter_mut().zip(&acc) {
+            for (dst, &a) in plane.iter_mut().zip(acc) {
                 let v = (a as i64 + bias + half) >> s;
                 *dst = v.clamp(lo, ACT_LIMIT) as i32;
             }
         });
         out
     }
+}
+
+/// `a` (`m` x `n`) times `b` (`n` x `p`), row-major f64, the rows of `a` split over the threads.
+fn matmul(a: &[f64], m: usize, n: usize, b: &[f64], p: usize) -> Vec<f64> {
+    use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2};
+    let mut c = vec![0f64; m * p];
+    if m == 0 || n == 0 || p == 0 {
+        return c;
+    }
+    let bv = ArrayView2::from_shape((n, p), b).expect("b is n x p");
+    let rows = m.div_ceil(rayon::current_num_threads().max(1));
+    c.par_chunks_mut(rows * p).zip(a.par_chunks(rows * n)).for_each(|(c, a)| {
+        let r = a.len() / n;
+        let av = ArrayView2::from_shape((r, n), a).expect("a is r x n");
+        let mut cv = ArrayViewMut2::from_shape((r, p), c).expect("c is r x p");
+        general_mat_mul(1.0, &av, &bv, 0.0, &mut cv);
+    });
+    c
 }
 
 /// The mean-scale hyper-synthesis: Up5x5 + ReLU, Up5x5 + ReLU, Same3x3 → 2M channels
