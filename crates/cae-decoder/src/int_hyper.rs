@@ -123,39 +123,28 @@ impl IntConv {
 
     /// Apply the layer to `input` ([c_in][h][w], fixed point); `relu` clips negatives.
     ///
-    /// Both kinds are one matrix product (f64, through ndarray's matrixmultiply) plus data
+    /// Both kinds are matrix products (f64, through ndarray's matrixmultiply) plus data
     /// movement: a 3x3 convolution multiplies the weights by the input's im2col matrix; a
     /// transposed convolution multiplies the per-tap weights by the input and adds every
-    /// product column into its place in the output (col2im).
+    /// product column into its place in the output (col2im). Output rows are computed in bands
+    /// of about [`BAND_COLUMNS`] pixels, so the buffers stay a few MiB for any image size.
     pub fn forward(&self, input: &[i32], h: usize, w: usize, relu: bool) -> Vec<i32> {
+        self.forward_in_bands(input, h, w, relu, BAND_COLUMNS)
+    }
+
+    fn forward_in_bands(&self, input: &[i32], h: usize, w: usize, relu: bool, band_columns: usize) -> Vec<i32> {
         assert_eq!(input.len(), self.c_in * h * w, "input size");
         let (ho, wo) = self.out_size(h, w);
-        let k = self.kind.kernel();
-        let (kk, hw) = (k * k, h * w);
+        let kk = self.kind.kernel() * self.kind.kernel();
         // The sums are computed in f64, which holds them exactly: every product is an integer
         // below 2^15 · 2^24 = 2^39 in magnitude and every partial sum one below c_in·k²·2^39 < 2^53,
         // so each addition (fused or not) is exact and the result does not depend on the order
         // in which the matrix product, threads or vector lanes add the terms.
         assert!(self.c_in * kk < 1 << 14, "layer too wide for exact f64 accumulation");
-        let acc: Vec<f64> = match self.kind {
-            IntConvKind::Same3x3 => {
-                // Row (i, ky, kx) of the im2col matrix, column y·w + x: in[i][y + ky − 1][x + kx − 1].
-                let mut cols = vec![0f64; self.c_in * kk * hw];
-                cols.par_chunks_mut(hw).enumerate().for_each(|(r, col)| {
-                    let (i, ky, kx) = (r / kk, (r % kk) / k, r % k);
-                    for y in 1usize.saturating_sub(ky)..h.min((h + 1).saturating_sub(ky)) {
-                        let src = &input[(i * h + y + ky - 1) * w..][..w];
-                        for x in 1usize.saturating_sub(kx)..w.min((w + 1).saturating_sub(kx)) {
-                            col[y * w + x] = src[x + kx - 1] as f64;
-                        }
-                    }
-                });
-                let weights: Vec<f64> = self.weight.iter().map(|&v| v as f64).collect();
-                matmul(&weights, self.c_out, self.c_in * kk, &cols, hw)
-            }
+        // Same3x3: [c_out][c_in·k²] as stored; Up5x5: [c_out·k²][c_in], one row per output tap.
+        let weights: Vec<f64> = match self.kind {
+            IntConvKind::Same3x3 => self.weight.iter().map(|&v| v as f64).collect(),
             IntConvKind::Up5x5 => {
-                // Row (o, ky, kx) of the product, column iy·w + ix: Σ_i w[o][i][ky][kx]·in[i][iy][ix],
-                // which belongs at out[o][2·iy + ky − 2][2·ix + kx − 2].
                 let mut taps = vec![0f64; self.c_out * kk * self.c_in];
                 for o in 0..self.c_out {
                     for i in 0..self.c_in {
@@ -164,40 +153,86 @@ impl IntConv {
                         }
                     }
                 }
-                let x: Vec<f64> = input.iter().map(|&v| v as f64).collect();
-                let cols = matmul(&taps, self.c_out * kk, self.c_in, &x, hw);
-                let mut acc = vec![0f64; self.c_out * ho * wo];
-                acc.par_chunks_mut(ho * wo).enumerate().for_each(|(o, plane)| {
-                    for t in 0..kk {
-                        let (ky, kx) = (t / k, t % k);
-                        let col = &cols[(o * kk + t) * hw..][..hw];
-                        for iy in 0..h {
-                            let Some(oy) = (2 * iy + ky).checked_sub(2).filter(|&oy| oy < ho) else { continue };
-                            for ix in 0..w {
-                                if let Some(ox) = (2 * ix + kx).checked_sub(2).filter(|&ox| ox < wo) {
-                                    plane[oy * wo + ox] += col[iy * w + ix];
-                                }
-                            }
-                        }
-                    }
-                });
-                acc
+                taps
             }
         };
         let mut out = vec![0i32; self.c_out * ho * wo];
-        out.par_chunks_mut(ho * wo).zip(acc.par_chunks(ho * wo)).enumerate().for_each(|(o, (plane, acc))| {
-            let s = self.shift[o] as u32;
-            let bias = self.bias[o];
-            let half = if s > 0 { 1i64 << (s - 1) } else { 0 };
-            let lo = if relu { 0 } else { -ACT_LIMIT };
-            for (dst, &a) in plane.iter_mut().zip(acc) {
-                let v = (a as i64 + bias + half) >> s;
-                *dst = v.clamp(lo, ACT_LIMIT) as i32;
-            }
-        });
+        let band = (band_columns / wo.max(1)).max(2);
+        for oy0 in (0..ho).step_by(band) {
+            let oy1 = (oy0 + band).min(ho);
+            let acc = match self.kind {
+                IntConvKind::Same3x3 => self.same_band(input, h, w, &weights, oy0..oy1),
+                IntConvKind::Up5x5 => self.up_band(input, h, w, &weights, oy0..oy1),
+            };
+            let n = (oy1 - oy0) * wo;
+            out.par_chunks_mut(ho * wo).zip(acc.par_chunks(n)).enumerate().for_each(|(o, (plane, acc))| {
+                let s = self.shift[o] as u32;
+                let bias = self.bias[o];
+                let half = if s > 0 { 1i64 << (s - 1) } else { 0 };
+                let lo = if relu { 0 } else { -ACT_LIMIT };
+                for (dst, &a) in plane[oy0 * wo..oy1 * wo].iter_mut().zip(acc) {
+                    let v = (a as i64 + bias + half) >> s;
+                    *dst = v.clamp(lo, ACT_LIMIT) as i32;
+                }
+            });
+        }
         out
     }
+
+    /// Sums of output rows `rows` of a 3x3 convolution, [c_out][rows·w]: the weights times the
+    /// im2col matrix, whose row (i, ky, kx), column y·w + x holds in[i][y + ky − 1][x + kx − 1].
+    fn same_band(&self, input: &[i32], h: usize, w: usize, weights: &[f64], rows: std::ops::Range<usize>) -> Vec<f64> {
+        let (k, kk) = (3, 9);
+        let n = rows.len() * w;
+        let mut cols = vec![0f64; self.c_in * kk * n];
+        cols.par_chunks_mut(n).enumerate().for_each(|(r, col)| {
+            let (i, ky, kx) = (r / kk, (r % kk) / k, r % k);
+            for y in rows.clone() {
+                let Some(sy) = (y + ky).checked_sub(1).filter(|&sy| sy < h) else { continue };
+                let src = &input[(i * h + sy) * w..][..w];
+                let dst = &mut col[(y - rows.start) * w..][..w];
+                for x in 1usize.saturating_sub(kx)..w.min((w + 1).saturating_sub(kx)) {
+                    dst[x] = src[x + kx - 1] as f64;
+                }
+            }
+        });
+        matmul(weights, self.c_out, self.c_in * kk, &cols, n)
+    }
+
+    /// Sums of output rows `rows` of a 5x5 stride-2 transposed convolution, [c_out][rows·2w]:
+    /// row (o, ky, kx) of taps × input, column iy·w + ix, belongs at
+    /// out[o][2·iy + ky − 2][2·ix + kx − 2]; only the input rows that reach `rows` are used.
+    fn up_band(&self, input: &[i32], h: usize, w: usize, taps: &[f64], rows: std::ops::Range<usize>) -> Vec<f64> {
+        let (k, kk, wo) = (5, 25, 2 * w);
+        let iy0 = rows.start.saturating_sub(1) / 2;
+        let iy1 = ((rows.end + 1) / 2 + 1).min(h);
+        let n_in = (iy1 - iy0) * w;
+        let x: Vec<f64> =
+            (0..self.c_in).flat_map(|i| input[(i * h + iy0) * w..(i * h + iy1) * w].iter().map(|&v| v as f64)).collect();
+        let cols = matmul(taps, self.c_out * kk, self.c_in, &x, n_in);
+        let mut acc = vec![0f64; self.c_out * rows.len() * wo];
+        acc.par_chunks_mut(rows.len() * wo).enumerate().for_each(|(o, plane)| {
+            for t in 0..kk {
+                let (ky, kx) = (t / k, t % k);
+                let col = &cols[(o * kk + t) * n_in..][..n_in];
+                for iy in iy0..iy1 {
+                    let Some(oy) = (2 * iy + ky).checked_sub(2).filter(|oy| rows.contains(oy)) else { continue };
+                    let dst = &mut plane[(oy - rows.start) * wo..][..wo];
+                    let src = &col[(iy - iy0) * w..][..w];
+                    for (ix, &v) in src.iter().enumerate() {
+                        if let Some(ox) = (2 * ix + kx).checked_sub(2).filter(|&ox| ox < wo) {
+                            dst[ox] += v;
+                        }
+                    }
+                }
+            }
+        });
+        acc
+    }
 }
+
+/// Output pixels per band of [`IntConv::forward`] (the im2col and product buffers scale with it).
+const BAND_COLUMNS: usize = 4096;
 
 /// `a` (`m` x `n`) times `b` (`n` x `p`), row-major f64, the rows of `a` split over the threads.
 fn matmul(a: &[f64], m: usize, n: usize, b: &[f64], p: usize) -> Vec<f64> {
@@ -363,6 +398,25 @@ mod tests {
                     assert!((fixed_to_f32(got[idx]) as f64 - acc).abs() < 2e-3);
                     assert_eq!(relu[idx], got[idx].max(0));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn bands_of_any_height_give_the_same_output() {
+        let mut seed = 5;
+        for kind in [IntConvKind::Up5x5, IntConvKind::Same3x3] {
+            let (ci, co, h, w) = (3, 4, 9, 7);
+            let k = kind.kernel();
+            let wt: Vec<f32> = (0..ci * co * k * k).map(|_| lcg(&mut seed)).collect();
+            let b: Vec<f32> = (0..co).map(|_| lcg(&mut seed)).collect();
+            let conv = IntConv::from_float(kind, ci, co, &wt, &b);
+            let x: Vec<i32> = (0..ci * h * w).map(|_| (lcg(&mut seed) * 8.0 * 4096.0) as i32).collect();
+            let whole = conv.forward(&x, h, w, false);
+            let wo = conv.out_size(h, w).1;
+            // Bands of 2, 3, 5 and 7 output rows.
+            for rows in [2, 3, 5, 7] {
+                assert_eq!(conv.forward_in_bands(&x, h, w, false, rows * wo), whole, "{kind:?}, bands of {rows} rows");
             }
         }
     }
