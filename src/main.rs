@@ -251,6 +251,15 @@ fn write_output(p: &Path, bytes: &[u8], force: bool) -> Result<()> {
     })
 }
 
+/// Fail before any work when the output exists and `force` is not given (`write_output`
+/// checks again when it writes, in case the file appeared meanwhile).
+fn refuse_existing(p: &Path, force: bool) -> Result<()> {
+    if !force && !is_std(p) && p.exists() {
+        bail!("{}: already exists (use --force to overwrite)", p.display());
+    }
+    Ok(())
+}
+
 /// Set by Ctrl-C / SIGTERM.
 static STOP: AtomicBool = AtomicBool::new(false);
 /// Temporary output files that exist right now.
@@ -526,9 +535,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(dir) => batch(&paths, &dir, Kind::Compress, force, job),
                 None => {
                     let (input, output) = in_out(&paths)?;
-                    if !force && !is_std(output) && output.exists() {
-                        bail!("{}: already exists (use --force to overwrite)", output.display());
-                    }
+                    refuse_existing(output, force)?;
                     let summary = job(input, output)?;
                     if target.is_some() {
                         eprintln!("caec: chose {summary}");
@@ -549,9 +556,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(dir) => batch(&paths, &dir, Kind::Decompress, force, job),
                 None => {
                     let (input, output) = in_out(&paths)?;
-                    if !force && !is_std(output) && output.exists() {
-                        bail!("{}: already exists (use --force to overwrite)", output.display());
-                    }
+                    refuse_existing(output, force)?;
                     job(input, output).map(|_| ())
                 }
             }
@@ -633,9 +638,7 @@ fn run(cli: Cli) -> Result<()> {
             write_image(&out, &side_by_side(&images), force)
         }
         Command::Denoise { input, output, quality, model, force } => {
-            if !force && !is_std(&output) && output.exists() {
-                bail!("{}: already exists (use --force to overwrite)", output.display());
-            }
+            refuse_existing(&output, force)?;
             let model = caec::load_model(&model)?;
             let clean = caec::denoise(&model, &load_image(&input)?, quality).with_context(|| label(&input))?;
             write_image(&output, &clean, force)
