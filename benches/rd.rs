@@ -21,6 +21,8 @@
 //!   any codec errors or any metric is NaN;
 //! - `CAEC_RD_CODECS`: which codecs, comma-separated (default all but `mozjpeg`);
 //! - `CAEC_RD_OUT`: output folder (default `target/rd`, or `target/rd-quick` in quick mode);
+//! - `CAEC_RD_MODEL`: a `.caem` file (from `caec-train`) to measure instead of the built-in
+//!   default model, e.g. a candidate before it is embedded;
 //! - `CAEC_RD_ANCHORS`: published RD points (default `$CAEC_CORPUS/../anchors/kodak_rd.csv`),
 //!   drawn dashed in the plots and used for BD-rates against the published curves.
 //!
@@ -105,7 +107,13 @@ fn codecs(quick: bool) -> Result<Vec<Codec>> {
 }
 
 fn all_codecs(quick: bool) -> Result<Vec<Codec>> {
-    let model = caec::load_model("default").map_err(|e| anyhow!("built-in model: {e}"))?;
+    let model = match std::env::var_os("CAEC_RD_MODEL") {
+        Some(path) => {
+            let bytes = std::fs::read(&path).with_context(|| format!("CAEC_RD_MODEL {}", path.display()))?;
+            caec::load_model_bytes("candidate", &bytes).with_context(|| format!("CAEC_RD_MODEL {}", path.display()))?
+        }
+        None => caec::load_model("default").map_err(|e| anyhow!("built-in model: {e}"))?,
+    };
     let levels = model.config.levels() as u32;
     let caec_points: Vec<u32> = if quick { vec![1, levels.div_ceil(2).max(1), levels] } else { (1..=levels).collect() };
     let qualities: Vec<u32> = if quick { vec![25, 50, 75] } else { (5..=95).step_by(5).collect() };
@@ -453,131 +461,39 @@ fn markdown(means: &[Mean], bd: &[Bd], images: usize, seconds: f64) -> String {
     s
 }
 
-/// A curve to draw.
-struct Curve {
-    name: String,
-    points: Vec<(f64, f64)>,
-    dashed: bool,
-    colour: plotters::style::RGBColor,
-}
-
 fn plots(out: &Path, means: &[Mean], anchors: &Anchors) -> Result<()> {
-    use plotters::prelude::*;
-    register_font()?;
-    let colours = [
-        RGBColor(200, 30, 30),
-        RGBColor(30, 30, 200),
-        RGBColor(90, 90, 200),
-        RGBColor(120, 160, 220),
-        RGBColor(30, 150, 30),
-        RGBColor(150, 60, 160),
-        RGBColor(220, 140, 0),
-        RGBColor(0, 150, 150),
-        RGBColor(100, 100, 100),
-    ];
+    use cae_plot::{palette, Curve, Panel, Style};
     for (metric, label, y_range) in [("psnr", "PSNR RGB (dB)", 22.0..40.0), ("ms_ssim", "MS-SSIM (RGB mean)", 0.80..1.0)] {
         let value = |psnr: f64, ms: f64| if metric == "psnr" { psnr } else { ms };
         let mut curves = Vec::new();
-        for (i, codec) in ["caec", "jpeg", "mozjpeg", "jpeg-image", "webp"].iter().enumerate() {
-            // colours: 0 caec, 1 jpeg, 2 mozjpeg, 3 jpeg-image, 4 webp
+        // Published JPEG and WebP in the colours of the measured ones, so that the two can be
+        // compared at a glance.
+        let codecs = [("caec", 0), ("jpeg", 1), ("mozjpeg", 8), ("jpeg-image", 7), ("webp", 2)];
+        for (codec, colour) in codecs {
             let points: Vec<(f64, f64)> =
-                means.iter().filter(|m| m.codec == *codec).map(|m| (m.bpp, value(m.psnr, m.ms_ssim))).collect();
+                means.iter().filter(|m| m.codec == codec).map(|m| (m.bpp, value(m.psnr, m.ms_ssim))).collect();
             if !points.is_empty() {
-                curves.push(Curve { name: codec.to_string(), points, dashed: false, colour: colours[i] });
+                curves.push(Curve { name: codec.to_string(), points, style: Style::LineDots, colour: palette(colour) });
             }
         }
-        // Published curves: JPEG and WebP in the colours of the measured ones, so that the
-        // two can be compared at a glance.
-        let shown = [("jpeg", 1), ("webp", 4), ("bpg444", 6), ("bmshj2018-factorized-mse", 7), ("mbt2018-mean-mse", 8)];
+        let shown = [("jpeg", 1), ("webp", 2), ("bpg444", 3), ("bmshj2018-factorized-mse", 5), ("mbt2018-mean-mse", 6)];
         for (name, colour) in shown {
             if let Some(pts) = anchors.get(name) {
                 let points: Vec<(f64, f64)> = pts.iter().map(|&(b, p, m)| (b, value(p, m))).filter(|p| p.1.is_finite()).collect();
-                curves.push(Curve { name: format!("{name} (published)"), points, dashed: true, colour: colours[colour] });
+                curves.push(Curve { name: format!("{name} (published)"), points, style: Style::Dashed, colour: palette(colour) });
             }
         }
-        let title = format!("Rate-distortion: {label} vs bits per pixel");
-        let svg = out.join(format!("rd_{metric}.svg"));
-        draw(SVGBackend::new(&svg, (960, 640)).into_drawing_area(), &title, label, y_range.clone(), &curves)?;
-        let (w, h) = (960u32, 640u32);
-        let mut buf = vec![0u8; (w * h * 3) as usize];
-        draw(BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area(), &title, label, y_range, &curves)?;
-        image::save_buffer(out.join(format!("rd_{metric}.png")), &buf, w, h, image::ExtendedColorType::Rgb8)?;
+        let panel = Panel {
+            title: format!("Rate-distortion: {label} vs bits per pixel"),
+            x_label: "bits per pixel".into(),
+            y_label: label.into(),
+            x_range: 0.0..2.0,
+            y_range,
+            curves,
+        };
+        let png = out.join(format!("rd_{metric}.png"));
+        cae_plot::save(&[panel], (960, 640), &png, Some(&out.join(format!("rd_{metric}.svg"))))
+            .with_context(|| png.display().to_string())?;
     }
     Ok(())
-}
-
-fn draw<DB: plotters::prelude::DrawingBackend>(
-    root: plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
-    title: &str,
-    y_label: &str,
-    y_range: std::ops::Range<f64>,
-    curves: &[Curve],
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    use plotters::element::DashedPathElement;
-    use plotters::prelude::*;
-    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("plotting: {e:?}");
-    root.fill(&WHITE).map_err(e)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0f64..2.0, y_range)
-        .map_err(e)?;
-    chart.configure_mesh().x_desc("bits per pixel").y_desc(y_label).draw().map_err(e)?;
-    for c in curves {
-        let style = c.colour.stroke_width(2);
-        let points: Vec<(f64, f64)> = c.points.iter().copied().filter(|p| p.0 <= 2.0).collect();
-        if c.dashed {
-            chart
-                .draw_series(DashedLineSeries::new(points, 8, 5, style))
-                .map_err(e)?
-                .label(c.name.as_str())
-                .legend(move |(x, y)| DashedPathElement::new(vec![(x, y), (x + 20, y)], 5, 3, style));
-        } else {
-            chart
-                .draw_series(LineSeries::new(points.clone(), style))
-                .map_err(e)?
-                .label(c.name.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, style.filled()))).map_err(e)?;
-        }
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(e)?;
-    root.present().map_err(e)?;
-    Ok(())
-}
-
-/// Text in the plots needs a TrueType font: `CAEC_FONT`, else a common system one.
-fn register_font() -> Result<()> {
-    let candidates = std::env::var_os("CAEC_FONT").map(PathBuf::from).into_iter().chain(
-        [
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/TTF/DejaVuSans.ttf",
-            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-            "/Library/Fonts/Arial.ttf",
-            "/System/Library/Fonts/Supplemental/Arial.ttf",
-            "C:\\Windows\\Fonts\\arial.ttf",
-        ]
-        .map(PathBuf::from),
-    );
-    for path in candidates {
-        if let Ok(bytes) = std::fs::read(&path) {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
-                .map_err(|_| anyhow!("{}: not a usable font", path.display()))?;
-            return Ok(());
-        }
-    }
-    bail!("no TrueType font found (set CAEC_FONT to a .ttf file)")
 }

@@ -100,6 +100,13 @@ pub fn load_model(name: &str) -> Result<Model> {
     Ok(cae_models::load_builtin(name, &device())?)
 }
 
+/// Load a model from the bytes of a `.caem` file (as `caec-train` exports them), named `name`.
+/// Files it writes name this model's id, so only a build that embeds it decodes them with
+/// [`decompress`]; [`decompress_with`] this model decodes them anywhere.
+pub fn load_model_bytes(name: &str, bytes: &[u8]) -> Result<Model> {
+    Ok(Model::from_bytes(name, bytes, &device())?)
+}
+
 /// The symbols of a file, as the entropy decoder produced them (for determinism checks).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Symbols {

@@ -3,6 +3,7 @@
 
 mod data;
 mod net;
+mod plot;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ struct Args {
     #[serde(skip)]
     config: Option<PathBuf>,
     /// Folders (searched recursively) of PNG/JPEG training images.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "plot")]
     data: Vec<PathBuf>,
     /// Output folder: checkpoints, the exported model (model.caem), the log (log.csv).
     #[arg(long, short)]
@@ -107,10 +108,25 @@ struct Args {
     /// Resume from a checkpoint written by an earlier run (out/checkpoint.bpk).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// The λ set the --resume checkpoint was trained with, when --lambdas differs from it:
+    /// its gain vectors are carried over to the new levels (kept where a λ is in both sets,
+    /// interpolated or extrapolated in log λ elsewhere), all other weights as they are.
+    #[arg(long, value_delimiter = ',', requires = "resume")]
+    resume_lambdas: Option<Vec<f64>>,
+    /// Only draw out/curves.png from the logs of the run in --out, then exit (every run also
+    /// draws it at each checkpoint).
+    #[arg(long)]
+    #[serde(skip)]
+    plot: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse_from(expand_config(std::env::args_os().collect())?);
+    if args.plot {
+        plot::curves(&args.out)?;
+        eprintln!("wrote {}", args.out.join("curves.png").display());
+        return Ok(());
+    }
     let config = ModelConfig { n: args.n, m: args.m, kernel: 5, gdn: !args.relu, lambdas: args.lambdas.clone() };
     config.validate()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
@@ -144,8 +160,15 @@ fn main() -> Result<()> {
     let mut model = net::Net::new(&config, &device);
     let mut step0 = 0usize;
     if let Some(path) = &args.resume {
-        let (m, s) = net::load_checkpoint(model, path)?;
+        let old = args.resume_lambdas.clone().unwrap_or_else(|| config.lambdas.clone());
+        let old_config = ModelConfig { lambdas: old.clone(), ..config.clone() };
+        old_config.validate().context("--resume-lambdas")?;
+        let (m, s) = net::load_checkpoint(net::Net::new(&old_config, &device), path)?;
         model = m;
+        if old != config.lambdas {
+            model.gains = model.gains.remap(&old, &config.lambdas, &device);
+            eprintln!("gains of λ = {old:?} carried over to λ = {:?}", config.lambdas);
+        }
         step0 = s;
         eprintln!("resumed from {} at step {step0}", path.display());
     }
@@ -212,6 +235,10 @@ fn main() -> Result<()> {
                 let note = keep_best(&args.out, step, score, &mut best)?;
                 bar.suspend(|| eprintln!("{summary}{note}"));
             }
+            log.flush()?;
+            if let Err(e) = plot::curves(&args.out) {
+                bar.suspend(|| eprintln!("training curves not drawn: {e:#}"));
+            }
             last_ckpt = Instant::now();
         }
     }
@@ -224,6 +251,10 @@ fn main() -> Result<()> {
         let (summary, score) = validate(&bytes, &model, &config, &device, &val_images, args.noise, step, &mut val_log)?;
         let note = keep_best(&args.out, step, score, &mut best)?;
         eprintln!("{summary}{note}");
+    }
+    log.flush()?;
+    if let Err(e) = plot::curves(&args.out) {
+        eprintln!("training curves not drawn: {e:#}");
     }
     eprintln!(
         "trained {} steps in {:.1} min ({:.2} steps/s, {:.1} crops/s); wrote {}",
