@@ -1,9 +1,7 @@
 //! `caec-train`: learns a caec model from folders of images and exports it in the
 //! embeddable form (f16 weights, integer hyper-synthesis, integer probability tables).
 
-mod data;
-mod net;
-mod plot;
+use caec_train::{data, net, plot};
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,0 +1,183 @@
+//! Where the time goes (`cargo bench -p caec-train --bench layers`): every layer of the default
+//! architecture (N = 64, M = 96, 5x5, GDN) on its own, and whole training steps.
+//!
+//! - `infer/768x512/*`: each layer of `g_a` and `g_s` forward on a 768x512 image (what
+//!   `caec compress` / `decompress` run), and the whole `g_a` / `g_s`;
+//! - `train/2x256/*`: each layer forward + backward (gradients of input and weights) on the
+//!   training shapes (batch 2 of 256x256 crops), and a whole training step: `forward` (loss),
+//!   `forward_backward`, `step` (with the Adam update and the GDN projection);
+//!
+//! Convolutions report their floating-point operations as criterion's "elements" (2 per
+//! multiply-add; forward + backward counted as 3 products), so elem/s is FLOP/s: compare
+//! with the FMA ceiling of the machine (2 cores AVX2 FMA at ~2.8 GHz: ~181 GFLOP/s).
+//! Random weights: the time of a layer does not depend on its values.
+
+use std::hint::black_box;
+
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use cae_nn::ModelConfig;
+use caec_train::{data, net::Net};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use rand::SeedableRng;
+
+fn config() -> ModelConfig {
+    ModelConfig { n: 64, m: 96, kernel: 5, gdn: true, lambdas: vec![0.0035, 0.0067, 0.013, 0.025] }
+}
+
+/// Multiply-adds of a k x k convolution from `c_in` to `c_out` channels per output pixel.
+fn macs(c_in: usize, c_out: usize, k: usize) -> u64 {
+    (c_in * c_out * k * k) as u64
+}
+
+/// One layer to time: its name, its input shape, its cost in FLOPs (0: not a product), and
+/// how to run it.
+struct Layer<'a> {
+    name: String,
+    input: [usize; 4],
+    flops: u64,
+    run: Box<dyn Fn(Tensor<4>) -> Tensor<4> + 'a>,
+}
+
+/// The layers of g_a then g_s, for a batch of `b` images of `h` x `w` pixels.
+fn layers<'a>(net: &'a Net, cfg: &ModelConfig, b: usize, h: usize, w: usize) -> Vec<Layer<'a>> {
+    let k = cfg.kernel;
+    let ch = [3, cfg.n, cfg.n, cfg.n, cfg.m];
+    let mut out = Vec::new();
+    for i in 0..4 {
+        let (hi, wi) = (h >> i, w >> i);
+        let pixels = (b * (hi / 2) * (wi / 2)) as u64;
+        let conv = &net.g_a.convs[i];
+        out.push(Layer {
+            name: format!("g_a.conv{i}"),
+            input: [b, ch[i], hi, wi],
+            flops: 2 * macs(ch[i], ch[i + 1], k) * pixels,
+            run: Box::new(move |x| conv.forward(x)),
+        });
+        if let Some(g) = net.g_a.gdns.get(i) {
+            out.push(Layer {
+                name: format!("g_a.gdn{i}"),
+                input: [b, ch[i + 1], hi / 2, wi / 2],
+                flops: 2 * macs(ch[i + 1], ch[i + 1], 1) * pixels,
+                run: Box::new(move |x| g.forward(x)),
+            });
+        }
+    }
+    let ch = [cfg.m, cfg.n, cfg.n, cfg.n, 3];
+    for i in 0..4 {
+        let (hi, wi) = (h >> (4 - i), w >> (4 - i));
+        let pixels = (b * hi * wi) as u64;
+        let deconv = &net.g_s.deconvs[i];
+        out.push(Layer {
+            name: format!("g_s.deconv{i}"),
+            input: [b, ch[i], hi, wi],
+            flops: 2 * macs(ch[i], ch[i + 1], k) * pixels,
+            run: Box::new(move |x| deconv.forward(x)),
+        });
+        if let Some(g) = net.g_s.igdns.get(i) {
+            out.push(Layer {
+                name: format!("g_s.igdn{i}"),
+                input: [b, ch[i + 1], hi * 2, wi * 2],
+                flops: 2 * macs(ch[i + 1], ch[i + 1], 1) * pixels * 4,
+                run: Box::new(move |x| g.forward(x)),
+            });
+        }
+    }
+    out
+}
+
+fn random(shape: [usize; 4], dev: &Device) -> Tensor<4> {
+    Tensor::random(shape, burn::tensor::Distribution::Uniform(-1.0, 1.0), dev)
+}
+
+fn sync(t: Tensor<4>) -> f32 {
+    t.sum().into_scalar::<f32>()
+}
+
+fn bench_layers(group: &mut BenchmarkGroup<'_, WallTime>, layers: &[Layer<'_>], dev: &Device, backward: bool) {
+    for l in layers {
+        let x = random(l.input, dev);
+        group.throughput(Throughput::Elements(if backward { 3 * l.flops } else { l.flops }));
+        if backward {
+            let x = x.require_grad();
+            group.bench_function(&l.name, |bch| {
+                bch.iter(|| {
+                    let grads = (l.run)(black_box(x.clone())).sum().backward();
+                    black_box(x.grad(&grads).map(sync))
+                })
+            });
+        } else {
+            group.bench_function(&l.name, |bch| bch.iter(|| sync((l.run)(black_box(x.clone())))));
+        }
+    }
+}
+
+fn inference(c: &mut Criterion) {
+    let dev = Device::flex();
+    dev.seed(1);
+    let cfg = config();
+    let net = Net::new(&cfg, &dev);
+    let (h, w) = (512, 768);
+    let mut group = c.benchmark_group(format!("infer/{w}x{h}"));
+    group.sample_size(10);
+    let all = layers(&net, &cfg, 1, h, w);
+    bench_layers(&mut group, &all, &dev, false);
+    let x = random([1, 3, h, w], &dev);
+    let y = random([1, cfg.m, h / 16, w / 16], &dev);
+    let (ga, gs): (u64, u64) = all.iter().fold((0, 0), |(a, s), l| if l.name.starts_with("g_a") { (a + l.flops, s) } else { (a, s + l.flops) });
+    group.throughput(Throughput::Elements(ga));
+    group.bench_function("g_a", |b| b.iter(|| sync(net.g_a.forward(black_box(x.clone())))));
+    group.throughput(Throughput::Elements(gs));
+    group.bench_function("g_s", |b| b.iter(|| sync(net.g_s.forward(black_box(y.clone())))));
+    group.finish();
+}
+
+fn training(c: &mut Criterion) {
+    let dev = Device::flex().autodiff();
+    dev.seed(1);
+    let cfg = config();
+    let (batch, crop) = (2, 256);
+    let mut group = c.benchmark_group(format!("train/{batch}x{crop}"));
+    group.sample_size(10);
+    let net = Net::new(&cfg, &dev);
+    bench_layers(&mut group, &layers(&net, &cfg, batch, crop, crop), &dev, true);
+
+    // Whole steps on crops of generated images (the content does not change the time).
+    let images: Vec<image::RgbImage> = (0..4)
+        .map(|s| image::RgbImage::from_fn(512, 384, |x, y| image::Rgb([(x * 7 + s) as u8, (y * 3) as u8, ((x ^ y) + s) as u8])))
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let lambda = cfg.lambdas[1] * 255.0 * 255.0;
+    group.throughput(Throughput::Elements(batch as u64));
+    group.bench_function("forward", |b| {
+        b.iter(|| {
+            let x = data::batch(&images, batch, crop, &mut rng, &dev);
+            let out = net.forward(x.clone(), x, 1, false);
+            (out.mse * lambda + out.bpp).into_scalar::<f32>()
+        })
+    });
+    group.bench_function("forward_backward", |b| {
+        b.iter(|| {
+            let x = data::batch(&images, batch, crop, &mut rng, &dev);
+            let out = net.forward(x.clone(), x, 1, false);
+            let grads = GradientsParams::from_grads((out.mse * lambda + out.bpp).backward(), &net);
+            black_box(grads.len())
+        })
+    });
+    let mut optim = AdamConfig::new().init();
+    let mut model = Some(net);
+    group.bench_function("step", |b| {
+        b.iter(|| {
+            let m = model.take().expect("model");
+            let x = data::batch(&images, batch, crop, &mut rng, &dev);
+            let out = m.forward(x.clone(), x, 1, false);
+            let grads = GradientsParams::from_grads((out.mse * lambda + out.bpp).backward(), &m);
+            model = Some(optim.step(1e-5, m, grads).project());
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, inference, training);
+criterion_main!(benches);
