@@ -10,7 +10,7 @@ pub use int_hyper::{fixed_to_f32, IntConv, IntConvKind, IntHyperSynthesis, Predi
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use cae_nn::{conv, deconv, Gdn, ModelConfig, NamedTensor};
+use cae_nn::{conv, deconv, deconv_forward, Gdn, ModelConfig, NamedTensor};
 
 /// `g_s`: four k x k stride-2 transposed convolutions M → N → N → N → 3, inverse GDN (or
 /// ReLU) after the first three.
@@ -32,7 +32,7 @@ impl Synthesis {
     pub fn forward(&self, y: Tensor<4>) -> Tensor<4> {
         let mut x = y;
         for (i, d) in self.deconvs.iter().enumerate() {
-            x = d.forward(x);
+            x = deconv_forward(d, x);
             if i < 3 {
                 x = match self.igdns.get(i) {
                     Some(g) => g.forward(x),

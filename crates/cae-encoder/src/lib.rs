@@ -4,7 +4,7 @@
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use cae_nn::{conv, Gdn, ModelConfig};
+use cae_nn::{conv, conv_forward, Gdn, ModelConfig};
 
 /// `g_a`: four k x k stride-2 convolutions 3 → N → N → N → M, GDN (or ReLU) after the
 /// first three. Output: `[b, M, H/16, W/16]`.
@@ -25,7 +25,7 @@ impl Analysis {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut x = x;
         for (i, c) in self.convs.iter().enumerate() {
-            x = c.forward(x);
+            x = conv_forward(c, x);
             if i < 3 {
                 x = match self.gdns.get(i) {
                     Some(g) => g.forward(x),
@@ -56,9 +56,9 @@ impl HyperAnalysis {
     }
 
     pub fn forward(&self, y: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.convs[0].forward(y));
-        let x = relu(self.convs[1].forward(x));
-        self.convs[2].forward(x)
+        let x = relu(conv_forward(&self.convs[0], y));
+        let x = relu(conv_forward(&self.convs[1], x));
+        conv_forward(&self.convs[2], x)
     }
 }
 

@@ -5,11 +5,13 @@
 
 mod config;
 mod density;
+mod fastconv;
 mod gdn;
 mod tensors;
 
 pub use config::{ModelConfig, ConfigError};
 pub use density::FactorizedDensity;
+pub use fastconv::{conv2d, conv_forward, conv_transpose2d, deconv_forward};
 pub use gdn::Gdn;
 pub use tensors::{export_params, import_params, NamedTensor};
 
