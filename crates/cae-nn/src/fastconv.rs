@@ -67,8 +67,14 @@ fn im2col(input: ArrayView2<'_, f32>, h: usize, w: usize, taps: &Taps<'_>, rows:
 /// `[c_out, c_in, k, k]` as burn stores them.
 pub fn conv2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize) -> (Vec<f32>, [usize; 4]) {
     let [b, c_in, h, w] = dims;
+    assert!(stride > 0 && h + 2 * pad >= k && w + 2 * pad >= k, "conv2d: kernel larger than the padded input");
+    assert_eq!(x.len(), b * c_in * h * w, "conv2d: input length");
+    assert_eq!(weight.len(), c_out * c_in * k * k, "conv2d: weight length");
     let h_out = (h + 2 * pad - k) / stride + 1;
     let w_out = (w + 2 * pad - k) / stride + 1;
+    if x.is_empty() || c_out == 0 {
+        return (vec![0.0; b * c_out * h_out * w_out], [b, c_out, h_out, w_out]);
+    }
     let offsets: Vec<isize> = (0..k).map(|t| t as isize - pad as isize).collect();
     let taps = Taps { dy: &offsets, dx: &offsets, stride };
     let wm = ArrayView2::from_shape((c_out, c_in * k * k), weight).expect("weight [c_out, c_in, k, k]");
@@ -76,12 +82,12 @@ pub fn conv2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>,
     for (xi, oi) in x.chunks(c_in * h * w).zip(out.chunks_mut(c_out * h_out * w_out)) {
         let input = ArrayView2::from_shape((c_in, h * w), xi).expect("input planes");
         let output = ArrayViewMut3::from_shape((c_out, h_out, w_out), oi).expect("output planes");
-        per_band_rows(output, 1, |scratch, mut band, rows| {
+        per_band_rows(output, 1, PIXELS, |scratch, mut band, rows| {
             let (mut col, mut res) = scratch.views(wm.ncols(), c_out, rows.len() * w_out);
             im2col(input, h, w, &taps, rows, w_out, &mut col);
             ndarray::linalg::general_mat_mul(1.0, &wm, &col, 0.0, &mut res);
             for (co, src) in res.outer_iter().enumerate() {
-                let add = bias.map_or(0.0, |b| b[co]);
+                let add = bias.map_or(0.0, |values| values[co]);
                 for (mut dst, seg) in band.index_axis_mut(Axis(0), co).outer_iter_mut().zip(src.exact_chunks(w_out)) {
                     for (d, &v) in dst.iter_mut().zip(seg.iter()) {
                         *d = v + add;
@@ -100,8 +106,14 @@ pub fn conv2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>,
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize, pad_out: usize) -> (Vec<f32>, [usize; 4]) {
     let [b, c_in, h, w] = dims;
+    assert!(stride > 0 && h > 0 && w > 0 && 2 * pad < k + pad_out, "conv_transpose2d: empty input or output");
+    assert_eq!(x.len(), b * c_in * h * w, "conv_transpose2d: input length");
+    assert_eq!(weight.len(), c_in * c_out * k * k, "conv_transpose2d: weight length");
     let h_out = (h - 1) * stride + k + pad_out - 2 * pad;
     let w_out = (w - 1) * stride + k + pad_out - 2 * pad;
+    if x.is_empty() || c_out == 0 {
+        return (vec![0.0; b * c_out * h_out * w_out], [b, c_out, h_out, w_out]);
+    }
     // Per phase p (0..stride): the taps ky with (p + pad - ky) divisible by stride, and the
     // input offset each reads: output s·Y + p = s·iy − pad + ky, so iy = Y + (p + pad − ky)/s.
     let phase_taps = |p: usize| -> (Vec<usize>, Vec<isize>) {
@@ -134,8 +146,9 @@ pub fn conv_transpose2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Optio
     for (xi, oi) in x.chunks(c_in * h * w).zip(out.chunks_mut(c_out * h_out * w_out)) {
         let input = ArrayView2::from_shape((c_in, h * w), xi).expect("input planes");
         let output = ArrayViewMut3::from_shape((c_out, h_out, w_out), oi).expect("output planes");
-        per_band_rows(output, stride, |scratch, mut band, rows| {
-            for (py, (_, oy)) in phases.iter().enumerate() {
+        // Each phase's product covers 1/stride² of the band: bands stride² times larger.
+        per_band_rows(output, stride, PIXELS * stride * stride, |scratch, mut band, rows| {
+            for (py, (_, offs_y)) in phases.iter().enumerate() {
                 // Phase rows Y with s·Y + py inside this band.
                 let y0 = (rows.start + stride - 1 - py) / stride;
                 let y1 = (rows.end + stride - 1 - py) / stride;
@@ -143,24 +156,24 @@ pub fn conv_transpose2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Optio
                 if y0 >= y1 {
                     continue;
                 }
-                for (px, (_, ox)) in phases.iter().enumerate() {
+                for (px, (_, offs_x)) in phases.iter().enumerate() {
                     let xw = (w_out + stride - 1 - px) / stride;
                     if xw == 0 {
                         continue;
                     }
                     let m = &mats[py * stride + px];
-                    let taps = Taps { dy: oy, dx: ox, stride: 1 };
+                    let taps = Taps { dy: offs_y, dx: offs_x, stride: 1 };
                     let (mut col, mut res) = scratch.views(m.ncols(), c_out, (y1 - y0) * xw);
                     im2col(input, h, w, &taps, y0..y1, xw, &mut col);
                     ndarray::linalg::general_mat_mul(1.0, m, &col, 0.0, &mut res);
                     for co in 0..c_out {
-                        let add = bias.map_or(0.0, |b| b[co]);
+                        let add = bias.map_or(0.0, |values| values[co]);
                         let src = res.row(co);
                         let src = src.as_slice().expect("contiguous result row");
                         let mut plane = band.index_axis_mut(Axis(0), co);
                         for (r, yy) in (y0..y1).enumerate() {
-                            let oy = yy * stride + py - rows.start;
-                            let mut line = plane.index_axis_mut(Axis(0), oy);
+                            let row = yy * stride + py - rows.start;
+                            let mut line = plane.index_axis_mut(Axis(0), row);
                             for (d, &v) in line.iter_mut().skip(px).step_by(stride).zip(&src[r * xw..(r + 1) * xw]) {
                                 *d = v + add;
                             }
@@ -196,16 +209,20 @@ impl Scratch {
     }
 }
 
-/// Run `f` on bands of whole output rows (about `PIXELS` pixels each, a multiple of
+/// Run `f` on bands of whole output rows (about `pixels` pixels each, a multiple of
 /// `multiple` rows) in parallel; `f` gets a worker's scratch buffers, the band
-/// (`[c, rows, w]`) and its row range.
+/// (`[c, rows, w]`) and its row range. The split depends on the shape only, never on the
+/// number of threads, so results do not either. (A band is at least one row: at most
+/// `(c_in·k² + c_out)·w` floats of scratch per worker, ~10 MB for a 6000-pixel-wide layer
+/// at N = 64; the codec's tiles are at most 1152 wide.)
 fn per_band_rows(
     mut output: ArrayViewMut3<'_, f32>,
     multiple: usize,
+    pixels: usize,
     f: impl Fn(&mut Scratch, ArrayViewMut3<'_, f32>, std::ops::Range<usize>) + Sync,
 ) {
     let (_, h, w) = output.dim();
-    let rows = ((PIXELS / w.max(1)).max(1)).div_ceil(multiple) * multiple;
+    let rows = ((pixels / w.max(1)).max(1)).div_ceil(multiple) * multiple;
     let bands: Vec<(usize, ArrayViewMut3<'_, f32>)> =
         output.axis_chunks_iter_mut(Axis(1), rows.max(1)).enumerate().map(|(i, v)| (i * rows, v)).collect();
     bands.into_par_iter().for_each_init(Scratch::default, |scratch, (start, band)| {
@@ -227,7 +244,7 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [k0, k1] = conv.kernel_size;
     let plain = conv.groups == 1 && conv.dilation == [1, 1] && conv.stride[0] == conv.stride[1] && k0 == k1;
     match pad {
-        Some(pad) if plain && !x.is_autodiff() && x.dims().iter().all(|&d| d > 0) => {
+        Some(pad) if plain && !x.is_autodiff() && x.dims().iter().all(|&d| d > 0) && x.dims()[2] + 2 * pad >= k0 && x.dims()[3] + 2 * pad >= k0 => {
             let device = x.device();
             let dims = x.dims();
             let c_out = conv.weight.val().dims()[0];
@@ -248,7 +265,7 @@ pub fn deconv_forward(deconv: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
         && deconv.padding[0] == deconv.padding[1]
         && deconv.padding_out[0] == deconv.padding_out[1]
         && k0 == k1
-        && deconv.padding[0] * 2 <= k0 + deconv.padding_out[0];
+        && deconv.padding[0] * 2 < k0 + deconv.padding_out[0];
     let c_out = deconv.weight.val().dims()[1];
     // With few output channels (g_s's last layer, 64 → 3) each phase's product has 3 rows
     // and the im2col block dominates: burn's form (one product over the input channels,
@@ -291,7 +308,8 @@ mod tests {
         let dev = Device::flex();
         dev.seed(9);
         // (c_in, c_out, k, stride, h, w): the codec's shapes in small, odd sizes, stride 1.
-        for (c_in, c_out, k, stride, h, w) in [(3, 8, 5, 2, 21, 34), (8, 6, 5, 2, 16, 16), (5, 7, 3, 1, 9, 13), (4, 4, 5, 2, 1, 3), (6, 5, 5, 2, 40, 3)] {
+        // The last two span several bands (outputs wider than PIXELS: one row per band).
+        for (c_in, c_out, k, stride, h, w) in [(3, 8, 5, 2, 21, 34), (8, 6, 5, 2, 16, 16), (5, 7, 3, 1, 9, 13), (4, 4, 5, 2, 1, 3), (6, 5, 5, 2, 40, 3), (4, 6, 5, 2, 9, 800), (5, 7, 3, 1, 5, 500)] {
             let conv = crate::conv(c_in, c_out, k, stride, &dev);
             let x = Tensor::<4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &dev);
             let want = values(conv.forward(x.clone()));
@@ -304,7 +322,8 @@ mod tests {
     fn transposed_convolutions_match_burns_on_random_inputs() {
         let dev = Device::flex();
         dev.seed(10);
-        for (c_in, c_out, k, h, w) in [(6, 3, 5, 11, 17), (8, 8, 5, 4, 6), (5, 4, 3, 7, 5), (4, 3, 5, 1, 1), (3, 2, 5, 9, 2), (4, 17, 5, 6, 7)] {
+        // (4, 17, 5, 13, 200): several bands, and enough output channels for deconv_forward's phases.
+        for (c_in, c_out, k, h, w) in [(6, 3, 5, 11, 17), (8, 8, 5, 4, 6), (5, 4, 3, 7, 5), (4, 3, 5, 1, 1), (3, 2, 5, 9, 2), (4, 17, 5, 6, 7), (4, 17, 5, 13, 200)] {
             let deconv = crate::deconv(c_in, c_out, k, &dev);
             let x = Tensor::<4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &dev);
             let want = values(deconv.forward(x.clone()));
@@ -314,6 +333,21 @@ mod tests {
             close(&got, &want, &format!("deconv {c_in}->{c_out} k{k} {h}x{w}"));
             close(&values(deconv_forward(&deconv, x)), &want, &format!("deconv_forward {c_in}->{c_out}"));
         }
+    }
+
+    #[test]
+    fn transposed_convolution_without_output_padding_matches_burns() {
+        use burn::nn::conv::ConvTranspose2dConfig;
+        let dev = Device::flex();
+        dev.seed(11);
+        // Odd output sizes (2h − 1): the last band holds a single row of phase 0.
+        let deconv = ConvTranspose2dConfig::new([5, 6], [5, 5]).with_stride([2, 2]).with_padding([2, 2]).init(&dev);
+        let x = Tensor::<4>::random([1, 5, 7, 300], Distribution::Normal(0.0, 1.0), &dev);
+        let want = values(deconv.forward(x.clone()));
+        let bias = deconv.bias.as_ref().map(|b| values(b.val()));
+        let (got, shape) = conv_transpose2d(&values(x.clone()), x.dims(), &values(deconv.weight.val()), bias.as_deref(), 6, 5, 2, 2, 0);
+        assert_eq!(shape, [1, 6, 13, 599]);
+        close(&got, &want, "deconv without output padding");
     }
 
     #[test]

@@ -102,15 +102,17 @@ impl Gdn {
             }
         }
         let inverse = self.inverse;
-        blocks.into_par_iter().for_each(|mut rows| {
+        // Per worker: x² and gamma · x² of one block, fully overwritten for every block.
+        let scratch = || (vec![0f32; c * FUSED_PIXELS], vec![0f32; c * FUSED_PIXELS]);
+        blocks.into_par_iter().for_each_init(scratch, |(sq, nm), mut rows| {
             let n = rows.first().map_or(0, |r| r.len());
-            let mut squares = ndarray::Array2::<f32>::zeros((c, n));
+            let mut squares = ndarray::ArrayViewMut2::from_shape((c, n), &mut sq[..c * n]).expect("block of x²");
             for (ch, r) in rows.iter().enumerate() {
                 for (s, &v) in squares.row_mut(ch).iter_mut().zip(r.iter()) {
                     *s = v * v;
                 }
             }
-            let mut norm = ndarray::Array2::<f32>::zeros((c, n));
+            let mut norm = ndarray::ArrayViewMut2::from_shape((c, n), &mut nm[..c * n]).expect("block of the normaliser");
             ndarray::linalg::general_mat_mul(1.0, &gamma, &squares, 0.0, &mut norm);
             for (ch, r) in rows.iter_mut().enumerate() {
                 let bch = beta[ch];
