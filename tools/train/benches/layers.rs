@@ -5,7 +5,10 @@
 //!   `caec compress` / `decompress` run), and the whole `g_a` / `g_s`;
 //! - `train/2x256/*`: each layer forward + backward (gradients of input and weights) on the
 //!   training shapes (batch 2 of 256x256 crops), and a whole training step: `forward` (loss),
-//!   `forward_backward`, `step` (with the Adam update and the GDN projection);
+//!   `forward_backward`, `step` (with the Adam update and the GDN projection), and
+//!   `plain_gdn` / `plain_relu`: g_a, rounding, g_s, MSE and backward only (no hyperprior),
+//!   with GDN or with ReLU, the step `../shared/peer/peer_bench.py` times in PyTorch;
+//! - `infer/768x512/g_a_relu`, `g_s_relu`: the ReLU network of `peer_bench.py`;
 //!
 //! Convolutions report their floating-point operations as criterion's "elements" (2 per
 //! multiply-add; forward + backward counted as 3 products), so elem/s is FLOP/s: compare
@@ -130,7 +133,23 @@ fn inference(c: &mut Criterion) {
     group.bench_function("g_a", |b| b.iter(|| sync(net.g_a.forward(black_box(x.clone())))));
     group.throughput(Throughput::Elements(gs));
     group.bench_function("g_s", |b| b.iter(|| sync(net.g_s.forward(black_box(y.clone())))));
+    // The network `../shared/peer/peer_bench.py` times in PyTorch and onnxruntime: the same
+    // convolutions with ReLU instead of GDN.
+    let relu = Net::new(&ModelConfig { gdn: false, ..config() }, &dev);
+    group.throughput(Throughput::Elements(ga));
+    group.bench_function("g_a_relu", |b| b.iter(|| sync(relu.g_a.forward(black_box(x.clone())))));
+    group.throughput(Throughput::Elements(gs));
+    group.bench_function("g_s_relu", |b| b.iter(|| sync(relu.g_s.forward(black_box(y.clone())))));
     group.finish();
+}
+
+/// peer_bench.py's training step: g_a, straight-through rounding, g_s, MSE, backward (no
+/// hyperprior, no rate), on the same batch.
+fn plain_step(net: &Net, x: Tensor<4>) -> usize {
+    let y = net.g_a.forward(x.clone());
+    let y = y.clone() + (y.clone().round() - y).detach();
+    let loss = (net.g_s.forward(y) - x).square().mean();
+    GradientsParams::from_grads(loss.backward(), net).len()
 }
 
 fn training(c: &mut Criterion) {
@@ -165,6 +184,10 @@ fn training(c: &mut Criterion) {
             black_box(grads.len())
         })
     });
+    let x = data::batch(&images, batch, crop, &mut rng, &dev);
+    group.bench_function("plain_gdn", |b| b.iter(|| plain_step(&net, black_box(x.clone()))));
+    let relu = Net::new(&ModelConfig { gdn: false, ..config() }, &dev);
+    group.bench_function("plain_relu", |b| b.iter(|| plain_step(&relu, black_box(x.clone()))));
     let mut optim = AdamConfig::new().init();
     let mut model = Some(net);
     group.bench_function("step", |b| {
