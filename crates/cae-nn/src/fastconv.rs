@@ -141,12 +141,12 @@ pub fn conv_transpose2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Optio
             mats.push(m);
         }
     }
-    // Output rows per band: a multiple of the stride, so every band holds whole phase rows.
     let mut out = vec![0f32; b * c_out * h_out * w_out];
     for (xi, oi) in x.chunks(c_in * h * w).zip(out.chunks_mut(c_out * h_out * w_out)) {
         let input = ArrayView2::from_shape((c_in, h * w), xi).expect("input planes");
         let output = ArrayViewMut3::from_shape((c_out, h_out, w_out), oi).expect("output planes");
-        // Each phase's product covers 1/stride² of the band: bands stride² times larger.
+        // Bands of a multiple of `stride` rows, so that each holds whole phase rows; each
+        // phase's product covers 1/stride² of a band, so bands are stride² times larger.
         per_band_rows(output, stride, PIXELS * stride * stride, |scratch, mut band, rows| {
             for (py, (_, offs_y)) in phases.iter().enumerate() {
                 // Phase rows Y with s·Y + py inside this band.
