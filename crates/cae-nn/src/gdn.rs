@@ -70,8 +70,17 @@ impl Gdn {
         if !x.is_autodiff() {
             return self.forward_fused(x);
         }
-        let [b, c, h, w] = x.dims();
         let (beta, gamma) = self.effective();
+        if let Some(y) = crate::gdn_op::gdn(&x, &beta, &gamma, self.inverse) {
+            return y;
+        }
+        self.forward_recorded(x, beta, gamma)
+    }
+
+    /// The normaliser with burn's own (recorded) operations: the reference for
+    /// [`crate::gdn_op`], and the path on other backends.
+    fn forward_recorded(&self, x: Tensor<4>, beta: Tensor<1>, gamma: Tensor<2>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
         let x2 = x.clone().square().reshape([b, c, h * w]);
         let norm = (gamma.unsqueeze::<3>().matmul(x2) + beta.reshape([1, c, 1])).reshape([b, c, h, w]);
         if self.inverse { x * norm.sqrt() } else { x / norm.sqrt() }
@@ -142,6 +151,48 @@ mod tests {
         let (beta, gamma) = g.effective();
         let norm = conv2d(x.clone().square(), gamma.reshape([c, c, 1, 1]), Some(beta), ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
         if g.inverse { x * norm.sqrt() } else { x / norm.sqrt() }
+    }
+
+    /// The training operation (fused forward, hand-written backward) against burn's autodiff
+    /// of the same formula: outputs and the gradients of x, beta and gamma.
+    #[test]
+    fn training_operation_matches_burns_autodiff() {
+        let dev = Device::flex().autodiff();
+        dev.seed(21);
+        for inverse in [false, true] {
+            let mut g = Gdn::new(6, inverse, &dev);
+            g.gamma = Param::from_tensor(Tensor::<2>::random([6, 6], burn::tensor::Distribution::Uniform(0.01, 0.6), &dev));
+            g.beta = Param::from_tensor(Tensor::<1>::random([6], burn::tensor::Distribution::Uniform(0.5, 1.5), &dev));
+            let x = Tensor::<4>::random([2, 6, 5, 7], burn::tensor::Distribution::Normal(0.0, 1.5), &dev).require_grad();
+            let weights = Tensor::<4>::random([2, 6, 5, 7], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+            let fast = g.forward(x.clone());
+            let (beta, gamma) = g.effective();
+            assert!(crate::gdn_op::gdn(&x, &beta, &gamma, inverse).is_some(), "flex autodiff takes the training operation");
+            let slow = g.forward_recorded(x.clone(), beta, gamma);
+            let vec = |t: Tensor<4>| -> Vec<f32> { t.into_data().try_into_vec_as().unwrap() };
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                assert_eq!(a.len(), b.len());
+                let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+                for (i, (p, q)) in a.iter().zip(b).enumerate() {
+                    assert!((p - q).abs() <= 1e-5 * scale.max(1.0) + 1e-6, "inverse {inverse}, {what} {i}: {p} vs {q}");
+                }
+            };
+            close(&vec(fast.clone()), &vec(slow.clone()), "output");
+            let gf = (fast * weights.clone()).sum().backward();
+            let gs = (slow * weights).sum().backward();
+            let grad = |t: Option<Tensor<4>>| -> Vec<f32> { t.unwrap().into_data().try_into_vec_as().unwrap() };
+            close(&grad(x.grad(&gf)), &grad(x.grad(&gs)), "dx");
+            let (bf, bs): (Vec<f32>, Vec<f32>) = (
+                g.beta.val().grad(&gf).unwrap().into_data().try_into_vec_as().unwrap(),
+                g.beta.val().grad(&gs).unwrap().into_data().try_into_vec_as().unwrap(),
+            );
+            close(&bf, &bs, "dbeta");
+            let (gf_, gs_): (Vec<f32>, Vec<f32>) = (
+                g.gamma.val().grad(&gf).unwrap().into_data().try_into_vec_as().unwrap(),
+                g.gamma.val().grad(&gs).unwrap().into_data().try_into_vec_as().unwrap(),
+            );
+            close(&gf_, &gs_, "dgamma");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod config;
 mod density;
 mod fastconv;
 mod gdn;
+mod gdn_op;
 mod tensors;
 
 pub use config::{ModelConfig, ConfigError};
