@@ -92,47 +92,70 @@ impl Gdn {
     /// reads and writes the whole tensor five times (square, product, add, square root,
     /// divide), which at the first layer of a 768x512 image is 5 x 25 MB.
     fn forward_fused(&self, x: Tensor<4>) -> Tensor<4> {
-        use rayon::prelude::*;
-        let [b, c, h, w] = x.dims();
+        let dims = x.dims();
+        let c = dims[1];
         let device = x.device();
         let (beta, gamma) = self.effective();
         let beta: Vec<f32> = beta.into_data().try_into_vec_as().expect("float beta");
-        let gamma = ndarray::Array2::from_shape_vec((c, c), gamma.into_data().try_into_vec_as::<f32>().expect("float gamma"))
-            .expect("gamma is c x c");
+        let gamma: Vec<f32> = gamma.into_data().try_into_vec_as().expect("float gamma");
+        let gamma = ndarray::ArrayView2::from_shape((c, c), &gamma[..]).expect("gamma is c x c");
         let mut data: Vec<f32> = x.into_data().try_into_vec_as().expect("float input");
-        let hw = h * w;
-        // Per block of pixels, its slice of every channel row (of every image).
-        let blocks_per_image = hw.div_ceil(FUSED_PIXELS);
-        let mut blocks: Vec<Vec<&mut [f32]>> = (0..b * blocks_per_image).map(|_| Vec::with_capacity(c)).collect();
-        for (row_index, row) in data.chunks_mut(hw.max(1)).enumerate() {
+        normalise(&mut data, None, dims, &beta, gamma, self.inverse);
+        Tensor::from_data(TensorData::new(data, dims), &device)
+    }
+}
+
+/// GDN in place on `data` (`[b, c, h, w]`): per block of `FUSED_PIXELS` pixels, in parallel,
+/// gather the block's x² (all channels), one small matrix product with gamma, then scale the
+/// block. With `root`, also write √(β + γ·x²) of every element there (what the training
+/// operation's backward pass needs, [`crate::gdn_op`]).
+pub(crate) fn normalise(data: &mut [f32], root: Option<&mut [f32]>, dims: [usize; 4], beta: &[f32], gamma: ndarray::ArrayView2<'_, f32>, inverse: bool) {
+    use rayon::prelude::*;
+    let [b, c, h, w] = dims;
+    let hw = h * w;
+    let len = data.len();
+    // Per block of pixels, its slice of every channel row (of every image), and of `root`.
+    let blocks_per_image = hw.div_ceil(FUSED_PIXELS);
+    type Block<'a> = (Vec<&'a mut [f32]>, Vec<&'a mut [f32]>);
+    let mut blocks: Vec<Block<'_>> = (0..b * blocks_per_image).map(|_| (Vec::with_capacity(c), Vec::new())).collect();
+    for (row_index, row) in data.chunks_mut(hw.max(1)).enumerate() {
+        let image = row_index / c;
+        for (j, part) in row.chunks_mut(FUSED_PIXELS).enumerate() {
+            blocks[image * blocks_per_image + j].0.push(part);
+        }
+    }
+    if let Some(root) = root {
+        assert_eq!(root.len(), len, "one root per element");
+        for (row_index, row) in root.chunks_mut(hw.max(1)).enumerate() {
             let image = row_index / c;
             for (j, part) in row.chunks_mut(FUSED_PIXELS).enumerate() {
-                blocks[image * blocks_per_image + j].push(part);
+                blocks[image * blocks_per_image + j].1.push(part);
             }
         }
-        let inverse = self.inverse;
-        // Per worker: x² and gamma · x² of one block, fully overwritten for every block.
-        let scratch = || (vec![0f32; c * FUSED_PIXELS], vec![0f32; c * FUSED_PIXELS]);
-        blocks.into_par_iter().for_each_init(scratch, |(sq, nm), mut rows| {
-            let n = rows.first().map_or(0, |r| r.len());
-            let mut squares = ndarray::ArrayViewMut2::from_shape((c, n), &mut sq[..c * n]).expect("block of x²");
-            for (ch, r) in rows.iter().enumerate() {
-                for (s, &v) in squares.row_mut(ch).iter_mut().zip(r.iter()) {
-                    *s = v * v;
-                }
-            }
-            let mut norm = ndarray::ArrayViewMut2::from_shape((c, n), &mut nm[..c * n]).expect("block of the normaliser");
-            ndarray::linalg::general_mat_mul(1.0, &gamma, &squares, 0.0, &mut norm);
-            for (ch, r) in rows.iter_mut().enumerate() {
-                let bch = beta[ch];
-                for (v, &s) in r.iter_mut().zip(norm.row(ch).iter()) {
-                    let root = (s + bch).sqrt();
-                    *v = if inverse { *v * root } else { *v / root };
-                }
-            }
-        });
-        Tensor::from_data(TensorData::new(data, [b, c, h, w]), &device)
     }
+    // Per worker: x² and gamma · x² of one block, fully overwritten for every block.
+    let scratch = || (vec![0f32; c * FUSED_PIXELS], vec![0f32; c * FUSED_PIXELS]);
+    blocks.into_par_iter().for_each_init(scratch, |(sq, nm), (mut rows, mut roots)| {
+        let n = rows.first().map_or(0, |r| r.len());
+        let mut squares = ndarray::ArrayViewMut2::from_shape((c, n), &mut sq[..c * n]).expect("block of x²");
+        for (ch, r) in rows.iter().enumerate() {
+            for (s, &v) in squares.row_mut(ch).iter_mut().zip(r.iter()) {
+                *s = v * v;
+            }
+        }
+        let mut norm = ndarray::ArrayViewMut2::from_shape((c, n), &mut nm[..c * n]).expect("block of the normaliser");
+        ndarray::linalg::general_mat_mul(1.0, &gamma, &squares, 0.0, &mut norm);
+        for (ch, r) in rows.iter_mut().enumerate() {
+            let bch = beta[ch];
+            for (i, (v, &s)) in r.iter_mut().zip(norm.row(ch).iter()).enumerate() {
+                let root = (s + bch).sqrt();
+                *v = if inverse { *v * root } else { *v / root };
+                if let Some(out) = roots.get_mut(ch) {
+                    out[i] = root;
+                }
+            }
+        }
+    });
 }
 
 /// Pixels per block of the fused inference pass: x², gamma · x² and the block itself stay in

@@ -1,5 +1,5 @@
-//! GDN as one autodiff operation for training on the flex CPU backend: a fused forward that
-//! keeps the square root per element, and a hand-written backward pass, instead of burn
+//! GDN as one autodiff operation for training on the flex CPU backend: the fused forward of
+//! coding ([`crate::gdn::normalise`]), keeping the square root per element, and a hand-written backward pass, instead of burn
 //! recording (and replaying) square, product, add, square root and division one by one.
 //!
 //! With r = √(β + γ·x²) per pixel and channel (γ: `[c, c]`, output channel first):
@@ -40,33 +40,6 @@ fn values(t: &FlexTensor) -> Vec<f32> {
 
 fn tensor(v: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape.to_vec()))
-}
-
-/// Per image of `x` (`[b, c, h·w]` flattened): `(y, root)`.
-fn forward(x: &[f32], dims: [usize; 4], beta: &[f32], gamma: &ArrayView2<'_, f32>, inverse: bool) -> (Vec<f32>, Vec<f32>) {
-    let [_, c, h, w] = dims;
-    let hw = h * w;
-    let mut y = vec![0f32; x.len()];
-    let mut root = vec![0f32; x.len()];
-    x.par_chunks(c * hw)
-        .zip(y.par_chunks_mut(c * hw))
-        .zip(root.par_chunks_mut(c * hw))
-        .for_each(|((xi, yi), ri)| {
-            let xv = ArrayView2::from_shape((c, hw), xi).expect("image planes");
-            let sq = xv.mapv(|v| v * v);
-            let mut norm = Array2::<f32>::zeros((c, hw));
-            ndarray::linalg::general_mat_mul(1.0, gamma, &sq, 0.0, &mut norm);
-            for (ch, (nrow, (xrow, (yrow, rrow)))) in
-                norm.outer_iter().zip(xi.chunks(hw).zip(yi.chunks_mut(hw).zip(ri.chunks_mut(hw)))).enumerate()
-            {
-                for (((&n, &xv), yv), rv) in nrow.iter().zip(xrow).zip(yrow.iter_mut()).zip(rrow.iter_mut()) {
-                    let r = (n + beta[ch]).sqrt();
-                    *rv = r;
-                    *yv = if inverse { xv * r } else { xv / r };
-                }
-            }
-        });
-    (y, root)
 }
 
 impl Backward<Flex, 3> for GdnBackward {
@@ -144,7 +117,9 @@ pub(crate) fn gdn(x: &Tensor<4>, beta: &Tensor<1>, gamma: &Tensor<2>, inverse: b
     let bs = values(ba.primitive());
     let gs = values(ga.primitive());
     let gview = ArrayView2::from_shape((c, c), &gs[..]).expect("gamma [c, c]");
-    let (y, root) = forward(&xs, dims, &bs, &gview, inverse);
+    let mut y = xs.clone();
+    let mut root = vec![0f32; xs.len()];
+    crate::gdn::normalise(&mut y, Some(&mut root), dims, &bs, gview, inverse);
     let out = tensor(y, &dims);
     let out = match GdnBackward.prepare::<NoCheckpointing>([xa.node(), ba.node(), ga.node()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(State { x: xs, root, gamma: gs, dims, inverse }, out),
