@@ -2,8 +2,8 @@
 //! product per band written straight into the output planes (NCHW), in parallel over bands.
 //! Transposed convolutions run as their stride² sub-pixel phases, each an ordinary
 //! convolution of the input with a subset of the kernel's taps, so nothing is scattered and
-//! added. Training keeps burn's operations (they carry the backward pass); the tests check
-//! both against burn's own on random inputs.
+//! added. In training the same kernels make the forward and backward passes of
+//! [`crate::conv_op`]. The tests check them against burn's own operations on random inputs.
 
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::PaddingConfig2d;
@@ -12,7 +12,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 /// Fewest output channels for which [`deconv_forward`] runs the sub-pixel phases.
-const MIN_PHASE_CHANNELS: usize = 16;
+pub(crate) const MIN_PHASE_CHANNELS: usize = 16;
 
 /// Output pixels per band: the band's im2col block (K x PIXELS) and result stay near the cache.
 const PIXELS: usize = 384;
@@ -186,6 +186,50 @@ pub fn conv_transpose2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Optio
     (out, [b, c_out, h_out, w_out])
 }
 
+/// The weight gradient of both kinds of convolution, as one matrix product per band of output
+/// rows: Σ over images and the pixels p of the `small` grid of `small[a, p] · big[c, y·s + ky −
+/// pad, x·s + kx − pad]` (outside `big` reads zero), returned as `[c_a, c_b, k, k]`.
+/// - convolution: small = dY (`[b, c_out, h_out, w_out]`), big = X: dW `[c_out, c_in, k, k]`;
+/// - transposed convolution: small = X, big = dY: dW `[c_in, c_out, k, k]`.
+///
+/// The bands' partial products are added in band order, so the sum does not depend on the
+/// number of threads.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_grad(small: &[f32], small_dims: [usize; 4], big: &[f32], big_dims: [usize; 4], k: usize, stride: usize, pad: usize) -> Vec<f32> {
+    let [b, c_a, hs, ws] = small_dims;
+    let [b2, c_b, h, w] = big_dims;
+    assert_eq!(b, b2, "weight_grad: batch sizes");
+    assert_eq!(small.len(), b * c_a * hs * ws, "weight_grad: small length");
+    assert_eq!(big.len(), b * c_b * h * w, "weight_grad: big length");
+    let kk = c_b * k * k;
+    let mut total = Array2::<f32>::zeros((c_a, kk));
+    if small.is_empty() || big.is_empty() {
+        return total.into_raw_vec_and_offset().0;
+    }
+    let offsets: Vec<isize> = (0..k).map(|t| t as isize - pad as isize).collect();
+    let taps = Taps { dy: &offsets, dx: &offsets, stride };
+    let rows = (2 * PIXELS / ws).max(1);
+    let jobs: Vec<(usize, std::ops::Range<usize>)> =
+        (0..b).flat_map(|i| (0..hs).step_by(rows).map(move |r| (i, r..(r + rows).min(hs)))).collect();
+    let parts: Vec<Array2<f32>> = jobs
+        .into_par_iter()
+        .map_init(Scratch::default, |scratch, (i, band)| {
+            let a = ArrayView2::from_shape((c_a, hs * ws), &small[i * c_a * hs * ws..(i + 1) * c_a * hs * ws]).expect("small planes");
+            let a = a.slice_axis(Axis(1), ndarray::Slice::from(band.start * ws..band.end * ws));
+            let input = ArrayView2::from_shape((c_b, h * w), &big[i * c_b * h * w..(i + 1) * c_b * h * w]).expect("big planes");
+            let (mut col, _) = scratch.views(kk, 0, band.len() * ws);
+            im2col(input, h, w, &taps, band, ws, &mut col);
+            let mut part = Array2::<f32>::zeros((c_a, kk));
+            ndarray::linalg::general_mat_mul(1.0, &a, &col.t(), 0.0, &mut part);
+            part
+        })
+        .collect();
+    for part in &parts {
+        total += part;
+    }
+    total.into_raw_vec_and_offset().0
+}
+
 /// Buffers of one worker, reused from band to band: im2col blocks are fully overwritten, so
 /// they are allocated (and zeroed) once instead of once per band.
 #[derive(Default)]
@@ -243,8 +287,17 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     };
     let [k0, k1] = conv.kernel_size;
     let plain = conv.groups == 1 && conv.dilation == [1, 1] && conv.stride[0] == conv.stride[1] && k0 == k1;
+    if x.is_autodiff() {
+        if let (Some(pad), true, Some(bias)) = (pad, plain, conv.bias.as_ref()) {
+            let g = crate::conv_op::Geometry { k: k0, stride: conv.stride[0], pad, pad_out: 0 };
+            if let Some(y) = crate::conv_op::conv(&x, &conv.weight.val(), &bias.val(), g, false) {
+                return y;
+            }
+        }
+        return conv.forward(x);
+    }
     match pad {
-        Some(pad) if plain && !x.is_autodiff() && x.dims().iter().all(|&d| d > 0) && x.dims()[2] + 2 * pad >= k0 && x.dims()[3] + 2 * pad >= k0 => {
+        Some(pad) if plain && x.dims().iter().all(|&d| d > 0) && x.dims()[2] + 2 * pad >= k0 && x.dims()[3] + 2 * pad >= k0 => {
             let device = x.device();
             let dims = x.dims();
             let c_out = conv.weight.val().dims()[0];
@@ -266,11 +319,20 @@ pub fn deconv_forward(deconv: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
         && deconv.padding_out[0] == deconv.padding_out[1]
         && k0 == k1
         && deconv.padding[0] * 2 < k0 + deconv.padding_out[0];
+    if x.is_autodiff() {
+        if let (true, Some(bias)) = (plain, deconv.bias.as_ref()) {
+            let g = crate::conv_op::Geometry { k: k0, stride: deconv.stride[0], pad: deconv.padding[0], pad_out: deconv.padding_out[0] };
+            if let Some(y) = crate::conv_op::conv(&x, &deconv.weight.val(), &bias.val(), g, true) {
+                return y;
+            }
+        }
+        return deconv.forward(x);
+    }
     let c_out = deconv.weight.val().dims()[1];
     // With few output channels (g_s's last layer, 64 → 3) each phase's product has 3 rows
     // and the im2col block dominates: burn's form (one product over the input channels,
     // then a scatter of the k² taps) is 3x faster there (measured in `caec decompress`).
-    if !plain || c_out < MIN_PHASE_CHANNELS || x.is_autodiff() || x.dims().iter().any(|&d| d == 0) {
+    if !plain || c_out < MIN_PHASE_CHANNELS || x.dims().iter().any(|&d| d == 0) {
         return deconv.forward(x);
     }
     let device = x.device();
@@ -350,12 +412,70 @@ mod tests {
         close(&got, &want, "deconv without output padding");
     }
 
+    /// Output, dX, dW and db of `ours` and `burns` (the same layer) for a random input and a
+    /// fixed positive weighting of the output (positive, so that db is a sum without
+    /// cancellation and a relative tolerance means something).
+    fn compare_gradients(ours: impl Fn(Tensor<4>) -> Tensor<4>, burns: impl Fn(Tensor<4>) -> Tensor<4>, params: impl Fn() -> (Tensor<4>, Tensor<1>), x_dims: [usize; 4], what: &str) {
+        let dev = Device::flex().autodiff();
+        let x = Tensor::<4>::random(x_dims, Distribution::Normal(0.0, 1.0), &dev).require_grad();
+        let mut results = Vec::new();
+        for f in [&ours as &dyn Fn(Tensor<4>) -> Tensor<4>, &burns] {
+            let y = f(x.clone());
+            let r = Tensor::<4>::from_data(
+                TensorData::new((0..y.dims().iter().product::<usize>()).map(|i| ((i * 7919) % 23) as f32 / 11.0).collect::<Vec<f32>>(), y.dims()),
+                &dev,
+            );
+            let grads = (y.clone() * r).sum().backward();
+            let (w, b) = params();
+            results.push([
+                values(y.inner()),
+                values(x.grad(&grads).expect("dx")),
+                values(w.grad(&grads).expect("dw")),
+                values(b.grad(&grads).expect("db")),
+            ]);
+        }
+        for (i, name) in ["output", "dx", "dw", "db"].iter().enumerate() {
+            close(&results[0][i], &results[1][i], &format!("{what}: {name}"));
+        }
+    }
+
     #[test]
-    fn autodiff_inputs_take_burns_path() {
+    fn training_convolutions_match_burns_gradients() {
+        let dev = Device::flex().autodiff();
+        dev.seed(12);
+        // (c_in, c_out, k, stride, h, w): the training shapes in small, an odd size, several bands.
+        for (c_in, c_out, k, stride, h, w) in [(3, 8, 5, 2, 16, 16), (8, 6, 5, 2, 9, 9), (5, 7, 3, 1, 7, 11), (4, 6, 5, 2, 12, 800)] {
+            let conv = crate::conv(c_in, c_out, k, stride, &dev);
+            let g = crate::conv_op::Geometry { k, stride, pad: k / 2, pad_out: 0 };
+            let params = || (conv.weight.val(), conv.bias.as_ref().expect("bias").val());
+            let ours = |x: Tensor<4>| {
+                let (w, b) = params();
+                crate::conv_op::conv(&x, &w, &b, g, false).expect("the training operation takes this shape")
+            };
+            compare_gradients(ours, |x| conv.forward(x), params, [2, c_in, h, w], &format!("conv {c_in}->{c_out} k{k} s{stride} {h}x{w}"));
+        }
+        // Transposed: enough output channels for the phases, and fewer (burn's forward).
+        for (c_in, c_out, k, h, w) in [(8, 16, 5, 4, 6), (6, 3, 5, 7, 5), (4, 17, 5, 5, 300)] {
+            let deconv = crate::deconv(c_in, c_out, k, &dev);
+            let g = crate::conv_op::Geometry { k, stride: 2, pad: k / 2, pad_out: 1 };
+            let params = || (deconv.weight.val(), deconv.bias.as_ref().expect("bias").val());
+            let ours = |x: Tensor<4>| {
+                let (w, b) = params();
+                crate::conv_op::conv(&x, &w, &b, g, true).expect("the training operation takes this shape")
+            };
+            compare_gradients(ours, |x| deconv.forward(x), params, [2, c_in, h, w], &format!("deconv {c_in}->{c_out} k{k} {h}x{w}"));
+        }
+    }
+
+    #[test]
+    fn autodiff_inputs_whose_adjoint_does_not_fit_take_burns_path() {
         let dev = Device::flex().autodiff();
         let conv = crate::conv(3, 4, 5, 2, &dev);
-        let x = Tensor::<4>::random([1, 3, 8, 8], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+        // 8 rows and 9 columns: the input gradient would need two different output paddings.
+        let x = Tensor::<4>::random([1, 3, 8, 9], Distribution::Normal(0.0, 1.0), &dev).require_grad();
+        let g = crate::conv_op::Geometry { k: 5, stride: 2, pad: 2, pad_out: 0 };
+        assert!(crate::conv_op::conv(&x, &conv.weight.val(), &conv.bias.as_ref().unwrap().val(), g, false).is_none());
         let grads = conv_forward(&conv, x.clone()).sum().backward();
-        assert!(x.grad(&grads).is_some(), "the gradient flows");
+        assert_eq!(x.grad(&grads).expect("the gradient flows").dims(), [1, 3, 8, 9]);
     }
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod conv_op;
 mod density;
 mod fastconv;
 mod gdn;
@@ -12,7 +13,7 @@ mod tensors;
 
 pub use config::{ModelConfig, ConfigError};
 pub use density::FactorizedDensity;
-pub use fastconv::{conv2d, conv_forward, conv_transpose2d, deconv_forward};
+pub use fastconv::{conv2d, conv_forward, conv_transpose2d, deconv_forward, weight_grad};
 pub use gdn::Gdn;
 pub use tensors::{export_params, import_params, NamedTensor};
 

@@ -56,7 +56,7 @@ fn layers<'a>(net: &'a Net, cfg: &ModelConfig, b: usize, h: usize, w: usize) -> 
             name: format!("g_a.conv{i}"),
             input: [b, ch[i], hi, wi],
             flops: 2 * macs(ch[i], ch[i + 1], k) * pixels,
-            run: Box::new(move |x| conv.forward(x)),
+            run: Box::new(move |x| cae_nn::conv_forward(conv, x)),
         });
         if let Some(g) = net.g_a.gdns.get(i) {
             out.push(Layer {
@@ -76,7 +76,7 @@ fn layers<'a>(net: &'a Net, cfg: &ModelConfig, b: usize, h: usize, w: usize) -> 
             name: format!("g_s.deconv{i}"),
             input: [b, ch[i], hi, wi],
             flops: 2 * macs(ch[i], ch[i + 1], k) * pixels,
-            run: Box::new(move |x| deconv.forward(x)),
+            run: Box::new(move |x| cae_nn::deconv_forward(deconv, x)),
         });
         if let Some(g) = net.g_s.igdns.get(i) {
             out.push(Layer {
