@@ -25,20 +25,69 @@ struct Taps<'a> {
     stride: usize,
 }
 
-/// im2col of `input` (`[c_in, h, w]`) for output rows `rows` of an output `w_out` wide, into
-/// `col` (`[c_in · |dy| · |dx|, rows.len() · w_out]`); outside the input reads zero.
-fn im2col(input: ArrayView2<'_, f32>, h: usize, w: usize, taps: &Taps<'_>, rows: std::ops::Range<usize>, w_out: usize, col: &mut ArrayViewMut2<'_, f32>) {
-    let c_in = input.nrows();
+/// Input planes for [`im2col`]: `[c, h, w]`, and for a stride s > 1 each row's columns
+/// regrouped by their remainder modulo s (column x at phase x mod s, index x / s, `wp` =
+/// ⌈w / s⌉ per phase), so that every tap of a strided convolution copies a contiguous run
+/// instead of gathering every s-th value.
+struct Planes<'a> {
+    data: std::borrow::Cow<'a, [f32]>,
+    h: usize,
+    w: usize,
+    stride: usize,
+    wp: usize,
+}
+
+impl<'a> Planes<'a> {
+    fn new(x: &'a [f32], c: usize, h: usize, w: usize, stride: usize) -> Self {
+        assert_eq!(x.len(), c * h * w, "input planes");
+        if stride == 1 {
+            return Planes { data: std::borrow::Cow::Borrowed(x), h, w, stride, wp: w };
+        }
+        let wp = w.div_ceil(stride);
+        let mut data = vec![0f32; c * h * stride * wp];
+        data.par_chunks_mut(h * stride * wp).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
+            for (out, row) in out.chunks_mut(stride * wp).zip(plane.chunks(w)) {
+                for (phase, out) in out.chunks_mut(wp).enumerate() {
+                    for (o, &v) in out.iter_mut().zip(row.iter().skip(phase).step_by(stride)) {
+                        *o = v;
+                    }
+                }
+            }
+        });
+        Planes { data: std::borrow::Cow::Owned(data), h, w, stride, wp }
+    }
+
+    /// The values of row `iy` of plane `c` at the columns ≡ `phase` (mod stride).
+    fn line(&self, c: usize, iy: usize, phase: usize) -> &[f32] {
+        let start = ((c * self.h + iy) * self.stride + phase) * self.wp;
+        &self.data[start..start + self.wp]
+    }
+
+    fn channels(&self) -> usize {
+        self.data.len() / (self.h * self.stride * self.wp).max(1)
+    }
+}
+
+/// im2col of `input` for output rows `rows` of an output `w_out` wide, into `col`
+/// (`[c_in · |dy| · |dx|, rows.len() · w_out]`); outside the input reads zero. The taps'
+/// stride must be the one `input` was split for.
+fn im2col(input: &Planes<'_>, taps: &Taps<'_>, rows: std::ops::Range<usize>, w_out: usize, col: &mut ArrayViewMut2<'_, f32>) {
+    assert_eq!(input.stride, taps.stride, "im2col: planes split for another stride");
+    let (h, w) = (input.h, input.w);
     let p = rows.len() * w_out;
+    let s = taps.stride as isize;
     let mut k = 0;
-    for ci in 0..c_in {
-        let plane = input.row(ci);
-        let plane = plane.as_slice().expect("contiguous input plane");
+    for ci in 0..input.channels() {
         for &dy in taps.dy {
             for &dx in taps.dx {
                 let mut out = col.row_mut(k);
                 let out = out.as_slice_mut().expect("contiguous im2col row");
                 debug_assert_eq!(out.len(), p);
+                // Output columns whose input column is inside: s·ox + dx in [0, w); input
+                // column s·ox + dx is at phase dx mod s, index ox + ⌊dx / s⌋.
+                let lo = if dx < 0 { ((-dx + s - 1) / s) as usize } else { 0 }.min(w_out);
+                let hi = if (w as isize - dx) <= 0 { 0 } else { ((w as isize - dx + s - 1) / s) as usize }.clamp(lo, w_out);
+                let (phase, shift) = (dx.rem_euclid(s) as usize, dx.div_euclid(s));
                 for (r, oy) in rows.clone().enumerate() {
                     let seg = &mut out[r * w_out..(r + 1) * w_out];
                     let iy = (oy * taps.stride) as isize + dy;
@@ -46,15 +95,12 @@ fn im2col(input: ArrayView2<'_, f32>, h: usize, w: usize, taps: &Taps<'_>, rows:
                         seg.fill(0.0);
                         continue;
                     }
-                    let line = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    // Output columns whose input column is inside: s·ox + dx in [0, w).
-                    let s = taps.stride as isize;
-                    let lo = if dx < 0 { ((-dx + s - 1) / s) as usize } else { 0 }.min(w_out);
-                    let hi = if (w as isize - dx) <= 0 { 0 } else { ((w as isize - dx + s - 1) / s) as usize }.clamp(lo, w_out);
                     seg[..lo].fill(0.0);
                     seg[hi..].fill(0.0);
-                    for (ox, v) in seg[lo..hi].iter_mut().enumerate() {
-                        *v = line[((ox + lo) as isize * s + dx) as usize];
+                    if lo < hi {
+                        let line = input.line(ci, iy as usize, phase);
+                        let first = (lo as isize + shift) as usize;
+                        seg[lo..hi].copy_from_slice(&line[first..first + hi - lo]);
                     }
                 }
                 k += 1;
@@ -80,11 +126,11 @@ pub fn conv2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>,
     let wm = ArrayView2::from_shape((c_out, c_in * k * k), weight).expect("weight [c_out, c_in, k, k]");
     let mut out = vec![0f32; b * c_out * h_out * w_out];
     for (xi, oi) in x.chunks(c_in * h * w).zip(out.chunks_mut(c_out * h_out * w_out)) {
-        let input = ArrayView2::from_shape((c_in, h * w), xi).expect("input planes");
+        let input = Planes::new(xi, c_in, h, w, stride);
         let output = ArrayViewMut3::from_shape((c_out, h_out, w_out), oi).expect("output planes");
         per_band_rows(output, 1, PIXELS, |scratch, mut band, rows| {
             let (mut col, mut res) = scratch.views(wm.ncols(), c_out, rows.len() * w_out);
-            im2col(input, h, w, &taps, rows, w_out, &mut col);
+            im2col(&input, &taps, rows, w_out, &mut col);
             ndarray::linalg::general_mat_mul(1.0, &wm, &col, 0.0, &mut res);
             for (co, src) in res.outer_iter().enumerate() {
                 let add = bias.map_or(0.0, |values| values[co]);
@@ -143,7 +189,7 @@ pub fn conv_transpose2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Optio
     }
     let mut out = vec![0f32; b * c_out * h_out * w_out];
     for (xi, oi) in x.chunks(c_in * h * w).zip(out.chunks_mut(c_out * h_out * w_out)) {
-        let input = ArrayView2::from_shape((c_in, h * w), xi).expect("input planes");
+        let input = Planes::new(xi, c_in, h, w, 1);
         let output = ArrayViewMut3::from_shape((c_out, h_out, w_out), oi).expect("output planes");
         // Bands of a multiple of `stride` rows, so that each holds whole phase rows; each
         // phase's product covers 1/stride² of a band, so bands are stride² times larger.
@@ -164,7 +210,7 @@ pub fn conv_transpose2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Optio
                     let m = &mats[py * stride + px];
                     let taps = Taps { dy: offs_y, dx: offs_x, stride: 1 };
                     let (mut col, mut res) = scratch.views(m.ncols(), c_out, (y1 - y0) * xw);
-                    im2col(input, h, w, &taps, y0..y1, xw, &mut col);
+                    im2col(&input, &taps, y0..y1, xw, &mut col);
                     ndarray::linalg::general_mat_mul(1.0, m, &col, 0.0, &mut res);
                     for co in 0..c_out {
                         let add = bias.map_or(0.0, |values| values[co]);
@@ -194,7 +240,6 @@ pub fn conv_transpose2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Optio
 ///
 /// The bands' partial products are added in band order, so the sum does not depend on the
 /// number of threads.
-#[allow(clippy::too_many_arguments)]
 pub fn weight_grad(small: &[f32], small_dims: [usize; 4], big: &[f32], big_dims: [usize; 4], k: usize, stride: usize, pad: usize) -> Vec<f32> {
     let [b, c_a, hs, ws] = small_dims;
     let [b2, c_b, h, w] = big_dims;
@@ -211,14 +256,14 @@ pub fn weight_grad(small: &[f32], small_dims: [usize; 4], big: &[f32], big_dims:
     let rows = (2 * PIXELS / ws).max(1);
     let jobs: Vec<(usize, std::ops::Range<usize>)> =
         (0..b).flat_map(|i| (0..hs).step_by(rows).map(move |r| (i, r..(r + rows).min(hs)))).collect();
+    let planes: Vec<Planes<'_>> = big.chunks(c_b * h * w).map(|x| Planes::new(x, c_b, h, w, stride)).collect();
     let parts: Vec<Array2<f32>> = jobs
         .into_par_iter()
         .map_init(Scratch::default, |scratch, (i, band)| {
             let a = ArrayView2::from_shape((c_a, hs * ws), &small[i * c_a * hs * ws..(i + 1) * c_a * hs * ws]).expect("small planes");
             let a = a.slice_axis(Axis(1), ndarray::Slice::from(band.start * ws..band.end * ws));
-            let input = ArrayView2::from_shape((c_b, h * w), &big[i * c_b * h * w..(i + 1) * c_b * h * w]).expect("big planes");
             let (mut col, _) = scratch.views(kk, 0, band.len() * ws);
-            im2col(input, h, w, &taps, band, ws, &mut col);
+            im2col(&planes[i], &taps, band, ws, &mut col);
             let mut part = Array2::<f32>::zeros((c_a, kk));
             ndarray::linalg::general_mat_mul(1.0, &a, &col.t(), 0.0, &mut part);
             part
