@@ -145,14 +145,22 @@ pub(crate) fn normalise(data: &mut [f32], root: Option<&mut [f32]>, dims: [usize
         }
         let mut norm = ndarray::ArrayViewMut2::from_shape((c, n), &mut nm[..c * n]).expect("block of the normaliser");
         ndarray::linalg::general_mat_mul(1.0, &gamma, &squares, 0.0, &mut norm);
+        // Branches hoisted out of the per-element loops, so that these vectorise.
         for (ch, r) in rows.iter_mut().enumerate() {
             let bch = beta[ch];
-            for (i, (v, &s)) in r.iter_mut().zip(norm.row(ch).iter()).enumerate() {
-                let root = (s + bch).sqrt();
-                *v = if inverse { *v * root } else { *v / root };
-                if let Some(out) = roots.get_mut(ch) {
-                    out[i] = root;
-                }
+            let sums = norm.row(ch);
+            let sums = sums.as_slice().expect("contiguous normaliser row");
+            match (roots.get_mut(ch), inverse) {
+                (Some(out), false) => r.iter_mut().zip(sums).zip(out.iter_mut()).for_each(|((v, &s), o)| {
+                    *o = (s + bch).sqrt();
+                    *v /= *o;
+                }),
+                (Some(out), true) => r.iter_mut().zip(sums).zip(out.iter_mut()).for_each(|((v, &s), o)| {
+                    *o = (s + bch).sqrt();
+                    *v *= *o;
+                }),
+                (None, false) => r.iter_mut().zip(sums).for_each(|(v, &s)| *v /= (s + bch).sqrt()),
+                (None, true) => r.iter_mut().zip(sums).for_each(|(v, &s)| *v *= (s + bch).sqrt()),
             }
         }
     });
