@@ -190,12 +190,13 @@ mod tests {
     fn training_operation_matches_burns_autodiff() {
         let dev = Device::flex().autodiff();
         dev.seed(21);
-        for inverse in [false, true] {
+        // One block of the backward pass, and three (the last one partial).
+        for (inverse, [h, w]) in [(false, [5, 7]), (true, [5, 7]), (false, [23, 50]), (true, [23, 50])] {
             let mut g = Gdn::new(6, inverse, &dev);
             g.gamma = Param::from_tensor(Tensor::<2>::random([6, 6], burn::tensor::Distribution::Uniform(0.01, 0.6), &dev));
             g.beta = Param::from_tensor(Tensor::<1>::random([6], burn::tensor::Distribution::Uniform(0.5, 1.5), &dev));
-            let x = Tensor::<4>::random([2, 6, 5, 7], burn::tensor::Distribution::Normal(0.0, 1.5), &dev).require_grad();
-            let weights = Tensor::<4>::random([2, 6, 5, 7], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+            let x = Tensor::<4>::random([2, 6, h, w], burn::tensor::Distribution::Normal(0.0, 1.5), &dev).require_grad();
+            let weights = Tensor::<4>::random([2, 6, h, w], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
             let fast = g.forward(x.clone());
             let (beta, gamma) = g.effective();
             assert!(crate::gdn_op::gdn(&x, &beta, &gamma, inverse).is_some(), "flex autodiff takes the training operation");

@@ -15,7 +15,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
 type Ad = Autodiff<Flex>;
@@ -49,60 +49,86 @@ impl Backward<Flex, 3> for GdnBackward {
         let [node_x, node_beta, node_gamma] = ops.parents;
         let dy = values(&grads.consume::<Flex>(&ops.node));
         let State { x, root, gamma, dims, inverse } = ops.state;
-        let [_, c, h, w] = dims;
-        let hw = h * w;
-        let gamma = ArrayView2::from_shape((c, c), &gamma[..]).expect("gamma [c, c]");
-        let gamma_t = gamma.t();
-        // Per image: dx, and its contributions to dβ and dγ.
-        let parts: Vec<(Vec<f32>, Vec<f32>, Array2<f32>)> = x
-            .par_chunks(c * hw)
-            .zip(root.par_chunks(c * hw))
-            .zip(dy.par_chunks(c * hw))
-            .map(|((xi, ri), di)| {
-                // v = t (GDN) or u (inverse), as in the module comment.
-                let v: Vec<f32> = xi
-                    .iter()
-                    .zip(ri)
-                    .zip(di)
-                    .map(|((&x, &r), &d)| if inverse { d * x / r } else { d * x / (r * r * r) })
-                    .collect();
-                let v = Array2::from_shape_vec((c, hw), v).expect("v planes");
-                let mut back = Array2::<f32>::zeros((c, hw));
-                ndarray::linalg::general_mat_mul(1.0, &gamma_t, &v, 0.0, &mut back);
-                let sign = if inverse { 1.0 } else { -1.0 };
-                let dx: Vec<f32> = xi
-                    .iter()
-                    .zip(ri)
-                    .zip(di)
-                    .zip(back.iter())
-                    .map(|(((&x, &r), &d), &g)| (if inverse { d * r } else { d / r }) + sign * x * g)
-                    .collect();
-                let dbeta: Vec<f32> = v.sum_axis(Axis(1)).iter().map(|s| 0.5 * sign * s).collect();
-                let sq = ArrayView2::from_shape((c, hw), xi).expect("image planes").mapv(|x| x * x);
-                let mut dgamma = Array2::<f32>::zeros((c, c));
-                ndarray::linalg::general_mat_mul(0.5 * sign, &v, &sq.t(), 0.0, &mut dgamma);
-                (dx, dbeta, dgamma)
-            })
-            .collect();
+        let (dx, dbeta, dgamma) = backward_blocked(&x, &root, &dy, &gamma, dims, inverse);
+        let c = dims[1];
         if let Some(node) = node_x {
-            let dx: Vec<f32> = parts.iter().flat_map(|p| p.0.iter().copied()).collect();
             grads.register::<Flex>(node.id, tensor(dx, &dims));
         }
         if let Some(node) = node_beta {
-            let mut dbeta = vec![0f32; c];
-            for p in &parts {
-                dbeta.iter_mut().zip(&p.1).for_each(|(a, b)| *a += b);
-            }
             grads.register::<Flex>(node.id, tensor(dbeta, &[c]));
         }
         if let Some(node) = node_gamma {
-            let mut dgamma = Array2::<f32>::zeros((c, c));
-            for p in &parts {
-                dgamma += &p.2;
-            }
             grads.register::<Flex>(node.id, tensor(dgamma.into_raw_vec_and_offset().0, &[c, c]));
         }
     }
+}
+
+/// Pixels per block of the backward pass: x, the root, dy, v, γᵀv and x² of one block stay in
+/// the core's cache (6 x 64 channels x 512 x 4 bytes = 768 KiB at N = 64).
+const BLOCK: usize = 512;
+
+/// dx, dβ and dγ (module comment) per block of `BLOCK` pixels of one image, in parallel: the
+/// element-wise steps and the two products of a block run while it is in cache, instead of
+/// one pass over whole images per step. The blocks' partial dβ and dγ are added in block
+/// order, so the sums do not depend on the number of threads.
+fn backward_blocked(x: &[f32], root: &[f32], dy: &[f32], gamma: &[f32], dims: [usize; 4], inverse: bool) -> (Vec<f32>, Vec<f32>, Array2<f32>) {
+    let [b, c, h, w] = dims;
+    let hw = h * w;
+    let gamma = ArrayView2::from_shape((c, c), gamma).expect("gamma [c, c]");
+    let gamma_t = gamma.t();
+    let sign = if inverse { 1.0 } else { -1.0 };
+    let mut dx = vec![0f32; x.len()];
+    let per_image = hw.div_ceil(BLOCK);
+    // Each block's slice of every channel row of dx.
+    let mut blocks: Vec<Vec<&mut [f32]>> = (0..b * per_image).map(|_| Vec::with_capacity(c)).collect();
+    for (row_index, row) in dx.chunks_mut(hw.max(1)).enumerate() {
+        for (j, part) in row.chunks_mut(BLOCK).enumerate() {
+            blocks[(row_index / c) * per_image + j].push(part);
+        }
+    }
+    let scratch = || (vec![0f32; c * BLOCK], vec![0f32; c * BLOCK], vec![0f32; c * BLOCK]);
+    let parts: Vec<(Vec<f32>, Array2<f32>)> = blocks
+        .into_par_iter()
+        .enumerate()
+        .map_init(scratch, |(vb, bb, sb), (index, mut dx_rows)| {
+            let n = dx_rows.first().map_or(0, |r| r.len());
+            let start = |ch: usize| ((index / per_image) * c + ch) * hw + (index % per_image) * BLOCK;
+            // v = t (GDN) or u (inverse), and x².
+            for ch in 0..c {
+                let at = start(ch);
+                let (xs, rs, ds) = (&x[at..at + n], &root[at..at + n], &dy[at..at + n]);
+                let (vs, sq) = (&mut vb[ch * n..(ch + 1) * n], &mut sb[ch * n..(ch + 1) * n]);
+                for ((((v, q), &x), &r), &d) in vs.iter_mut().zip(sq.iter_mut()).zip(xs).zip(rs).zip(ds) {
+                    *v = if inverse { d * x / r } else { d * x / (r * r * r) };
+                    *q = x * x;
+                }
+            }
+            let v = ArrayView2::from_shape((c, n), &vb[..c * n]).expect("block of v");
+            let sq = ArrayView2::from_shape((c, n), &sb[..c * n]).expect("block of x²");
+            let mut back = ndarray::ArrayViewMut2::from_shape((c, n), &mut bb[..c * n]).expect("block of γᵀv");
+            ndarray::linalg::general_mat_mul(1.0, &gamma_t, &v, 0.0, &mut back);
+            for (ch, out) in dx_rows.iter_mut().enumerate() {
+                let at = start(ch);
+                let (xs, rs, ds) = (&x[at..at + n], &root[at..at + n], &dy[at..at + n]);
+                let back = back.row(ch);
+                let back = back.as_slice().expect("contiguous row");
+                for ((((o, &x), &r), &d), &g) in out.iter_mut().zip(xs).zip(rs).zip(ds).zip(back) {
+                    *o = (if inverse { d * r } else { d / r }) + sign * x * g;
+                }
+            }
+            let dbeta: Vec<f32> = v.rows().into_iter().map(|row| 0.5 * sign * row.sum()).collect();
+            let mut dgamma = Array2::<f32>::zeros((c, c));
+            ndarray::linalg::general_mat_mul(0.5 * sign, &v, &sq.t(), 0.0, &mut dgamma);
+            (dbeta, dgamma)
+        })
+        .collect();
+    let mut dbeta = vec![0f32; c];
+    let mut dgamma = Array2::<f32>::zeros((c, c));
+    for (db, dg) in &parts {
+        dbeta.iter_mut().zip(db).for_each(|(a, b)| *a += b);
+        dgamma += dg;
+    }
+    (dx, dbeta, dgamma)
 }
 
 /// `x / √(β + γ·x²)` (or `x · √…` with `inverse`) as one recorded operation, when all three
