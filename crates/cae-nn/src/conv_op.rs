@@ -19,6 +19,7 @@ use burn::backend::ops::ModuleOps;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::ops::ConvTransposeOptions;
+use burn::tensor::DType;
 
 use crate::fastconv::{conv2d, conv_transpose2d, weight_grad, MIN_PHASE_CHANNELS};
 
@@ -106,14 +107,17 @@ impl Backward<Flex, 3> for ConvBackward {
 
 /// A convolution (`transposed == false`, weights `[c_out, c_in, k, k]`) or transposed
 /// convolution (weights `[c_in, c_out, k, k]`) with bias, as one recorded operation, when all
-/// three tensors live on flex with autodiff and the shapes suit the kernels; `None` otherwise
-/// (the caller then uses burn's module).
+/// three tensors live on flex with autodiff, hold f32 and have shapes that suit the kernels;
+/// `None` otherwise (the caller then uses burn's module).
 pub(crate) fn conv(x: &Tensor<4>, weight: &Tensor<4>, bias: &Tensor<1>, g: Geometry, transposed: bool) -> Option<Tensor<4>> {
     let x_dims = x.dims();
     let [b, c_in, h, w] = x_dims;
     let w_dims = weight.dims();
     let c_out = if transposed { w_dims[1] } else { w_dims[0] };
-    let fits = b > 0
+    let f32s = [x.dtype(), weight.dtype(), bias.dtype()].iter().all(|&d| d == DType::F32);
+    let fits = f32s
+        && bias.dims() == [c_out]
+        && b > 0
         && c_in > 0
         && h > 0
         && w > 0

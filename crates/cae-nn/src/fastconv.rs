@@ -414,9 +414,10 @@ mod tests {
     fn convolutions_match_burns_on_random_inputs() {
         let dev = Device::flex();
         dev.seed(9);
-        // (c_in, c_out, k, stride, h, w): the codec's shapes in small, odd sizes, stride 1.
-        // The last two span several bands (outputs wider than PIXELS: one row per band).
-        for (c_in, c_out, k, stride, h, w) in [(3, 8, 5, 2, 21, 34), (8, 6, 5, 2, 16, 16), (5, 7, 3, 1, 9, 13), (4, 4, 5, 2, 1, 3), (6, 5, 5, 2, 40, 3), (4, 6, 5, 2, 9, 800), (5, 7, 3, 1, 5, 500)] {
+        // (c_in, c_out, k, stride, h, w): the codec's shapes in small, odd sizes, strides 1
+        // and 2, kernels 3, 5 and 9 (9: taps two phase columns away). The two with 500 / 800
+        // columns span several bands (outputs wider than PIXELS: one row per band).
+        for (c_in, c_out, k, stride, h, w) in [(3, 8, 5, 2, 21, 34), (8, 6, 5, 2, 16, 16), (5, 7, 3, 1, 9, 13), (4, 4, 5, 2, 1, 3), (6, 5, 5, 2, 40, 3), (4, 6, 5, 2, 9, 800), (5, 7, 3, 1, 5, 500), (4, 5, 3, 2, 11, 14), (3, 6, 9, 2, 20, 23)] {
             let conv = crate::conv(c_in, c_out, k, stride, &dev);
             let x = Tensor::<4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &dev);
             let want = values(conv.forward(x.clone()));
@@ -488,8 +489,20 @@ mod tests {
     fn training_convolutions_match_burns_gradients() {
         let dev = Device::flex().autodiff();
         dev.seed(12);
-        // (c_in, c_out, k, stride, h, w): the training shapes in small, an odd size, several bands.
-        for (c_in, c_out, k, stride, h, w) in [(3, 8, 5, 2, 16, 16), (8, 6, 5, 2, 9, 9), (5, 7, 3, 1, 7, 11), (4, 6, 5, 2, 12, 800)] {
+        // (c_in, c_out, k, stride, h, w): the training shapes in small, an odd size, one and
+        // two pixels, kernels 3 and 9 at stride 2, several bands of the weight gradient (one
+        // row each at 800 columns; at 64x64, bands of 24 output rows and a short last one).
+        for (c_in, c_out, k, stride, h, w) in [
+            (3, 8, 5, 2, 16, 16),
+            (8, 6, 5, 2, 9, 9),
+            (5, 7, 3, 1, 7, 11),
+            (4, 6, 5, 2, 12, 800),
+            (3, 4, 5, 2, 1, 1),
+            (3, 4, 5, 2, 2, 2),
+            (4, 5, 3, 2, 11, 13),
+            (3, 6, 9, 2, 20, 22),
+            (8, 8, 5, 2, 64, 64),
+        ] {
             let conv = crate::conv(c_in, c_out, k, stride, &dev);
             let g = crate::conv_op::Geometry { k, stride, pad: k / 2, pad_out: 0 };
             let params = || (conv.weight.val(), conv.bias.as_ref().expect("bias").val());
@@ -500,7 +513,7 @@ mod tests {
             compare_gradients(ours, |x| conv.forward(x), params, [2, c_in, h, w], &format!("conv {c_in}->{c_out} k{k} s{stride} {h}x{w}"));
         }
         // Transposed: enough output channels for the phases, and fewer (burn's forward).
-        for (c_in, c_out, k, h, w) in [(8, 16, 5, 4, 6), (6, 3, 5, 7, 5), (4, 17, 5, 5, 300)] {
+        for (c_in, c_out, k, h, w) in [(8, 16, 5, 4, 6), (6, 3, 5, 7, 5), (4, 17, 5, 5, 300), (4, 17, 5, 1, 1), (5, 16, 3, 6, 9)] {
             let deconv = crate::deconv(c_in, c_out, k, &dev);
             let g = crate::conv_op::Geometry { k, stride: 2, pad: k / 2, pad_out: 1 };
             let params = || (deconv.weight.val(), deconv.bias.as_ref().expect("bias").val());
@@ -513,14 +526,54 @@ mod tests {
     }
 
     #[test]
-    fn autodiff_inputs_whose_adjoint_does_not_fit_take_burns_path() {
+    fn autodiff_inputs_that_do_not_fit_take_burns_path() {
         let dev = Device::flex().autodiff();
-        let conv = crate::conv(3, 4, 5, 2, &dev);
+        dev.seed(13);
         // 8 rows and 9 columns: the input gradient would need two different output paddings.
-        let x = Tensor::<4>::random([1, 3, 8, 9], Distribution::Normal(0.0, 1.0), &dev).require_grad();
-        let g = crate::conv_op::Geometry { k: 5, stride: 2, pad: 2, pad_out: 0 };
-        assert!(crate::conv_op::conv(&x, &conv.weight.val(), &conv.bias.as_ref().unwrap().val(), g, false).is_none());
-        let grads = conv_forward(&conv, x.clone()).sum().backward();
-        assert_eq!(x.grad(&grads).expect("the gradient flows").dims(), [1, 3, 8, 9]);
+        // A 4x4 kernel with padding 2 on 8 rows: the adjoint's output padding 0 is too small.
+        for (k, h, w) in [(5, 8, 9), (4, 8, 8)] {
+            let conv = crate::conv(3, 4, k, 2, &dev);
+            let x = Tensor::<4>::random([1, 3, h, w], Distribution::Normal(0.0, 1.0), &dev);
+            let g = crate::conv_op::Geometry { k, stride: 2, pad: k / 2, pad_out: 0 };
+            assert!(crate::conv_op::conv(&x, &conv.weight.val(), &conv.bias.as_ref().unwrap().val(), g, false).is_none(), "k{k} {h}x{w}");
+            let params = || (conv.weight.val(), conv.bias.as_ref().expect("bias").val());
+            compare_gradients(|x| conv_forward(&conv, x), |x| conv.forward(x), params, [1, 3, h, w], &format!("fallback k{k} {h}x{w}"));
+        }
+    }
+
+    /// Everything the training operations compute for a conv → GDN → transposed conv stack,
+    /// run in a rayon pool of `threads` threads.
+    fn training_results(threads: usize, conv: &Conv2d, gdn: &crate::Gdn, deconv: &ConvTranspose2d, x: &Tensor<4>) -> Vec<Vec<f32>> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+        pool.install(|| {
+            let x = x.clone().require_grad();
+            let y = deconv_forward(deconv, gdn.forward(conv_forward(conv, x.clone())));
+            let grads = y.clone().sum().backward();
+            let mut out = vec![values(y.inner()), values(x.grad(&grads).expect("dx"))];
+            for w in [conv.weight.val(), deconv.weight.val()] {
+                out.push(values(w.grad(&grads).expect("dw")));
+            }
+            out.push(values(gdn.gamma.val().grad(&grads).expect("dgamma")));
+            out
+        })
+    }
+
+    #[test]
+    fn training_operations_do_not_depend_on_the_number_of_threads() {
+        let dev = Device::flex().autodiff();
+        dev.seed(14);
+        let conv = crate::conv(6, 16, 5, 2, &dev);
+        let deconv = crate::deconv(16, 16, 5, &dev);
+        let gdn = crate::Gdn::new(16, false, &dev);
+        // Several bands and GDN blocks per image.
+        let x = Tensor::<4>::random([2, 6, 40, 900], Distribution::Normal(0.0, 1.0), &dev);
+        let one = training_results(1, &conv, &gdn, &deconv, &x);
+        for threads in [2, 3] {
+            let other = training_results(threads, &conv, &gdn, &deconv, &x);
+            for (i, (a, b)) in one.iter().zip(&other).enumerate() {
+                let first = a.iter().zip(b).position(|(p, q)| p.to_bits() != q.to_bits());
+                assert!(first.is_none(), "result {i} (output, dx, dw, dw, dγ) differs with {threads} threads at {first:?}");
+            }
+        }
     }
 }

@@ -242,8 +242,8 @@ mod tests {
         }
     }
 
-    /// Both forms: the matrix form (autodiff, training) and the fused pass (coding), on a
-    /// size whose pixel count is not a multiple of the fused pass's block.
+    /// Both forms: the training operation (autodiff, [`crate::gdn_op`]) and the fused pass
+    /// (coding), on a size whose pixel count is not a multiple of the fused pass's block.
     #[test]
     fn matrix_form_and_fused_pass_match_burns_convolution() {
         for dev in [Device::flex(), Device::flex().autodiff()] {

@@ -15,6 +15,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
+use burn::tensor::DType;
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
@@ -132,13 +133,17 @@ fn backward_blocked(x: &[f32], root: &[f32], dy: &[f32], gamma: &[f32], dims: [u
 }
 
 /// `x / √(β + γ·x²)` (or `x · √…` with `inverse`) as one recorded operation, when all three
-/// tensors live on flex with autodiff; `None` otherwise (the caller then uses burn's ops).
+/// tensors live on flex with autodiff and hold f32; `None` otherwise (the caller then uses
+/// burn's ops).
 pub(crate) fn gdn(x: &Tensor<4>, beta: &Tensor<1>, gamma: &Tensor<2>, inverse: bool) -> Option<Tensor<4>> {
+    let c = x.dims()[1];
+    if [x.dtype(), beta.dtype(), gamma.dtype()].iter().any(|&d| d != DType::F32) || beta.dims() != [c] || gamma.dims() != [c, c] {
+        return None;
+    }
     let xa = x.clone().try_into_primitive::<Ad>().ok()?;
     let ba = beta.clone().try_into_primitive::<Ad>().ok()?;
     let ga = gamma.clone().try_into_primitive::<Ad>().ok()?;
     let dims = x.dims();
-    let c = dims[1];
     let xs = values(xa.primitive());
     let bs = values(ba.primitive());
     let gs = values(ga.primitive());
