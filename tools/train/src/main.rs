@@ -468,8 +468,7 @@ fn validate(
     step: usize,
     log: &mut std::fs::File,
 ) -> Result<(String, f64)> {
-    let model = cae_models::Model::from_bytes("validation", model_bytes, &Device::flex())
-        .map_err(|e| anyhow::anyhow!("exported model does not load: {e}"))?;
+    let model = caec::load_model_bytes("validation", model_bytes).map_err(|e| anyhow::anyhow!("exported model does not load: {e}"))?;
     let eval = net.valid();
     let eval_device = device.clone().without_autodiff();
     let mut parts = Vec::new();
