@@ -16,14 +16,13 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::ops::ConvTransposeOptions;
 use burn::tensor::DType;
 
 use crate::fastconv::{conv2d, conv_transpose2d, weight_grad, MIN_PHASE_CHANNELS};
-
-type Ad = Autodiff<Flex>;
+use crate::flex_ops::{slice, tensor, Ad};
 
 /// Geometry of one square k x k layer with equal strides and paddings.
 #[derive(Clone, Copy, Debug)]
@@ -50,14 +49,6 @@ struct State {
 
 #[derive(Debug)]
 struct ConvBackward;
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
-}
-
-fn tensor(v: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(v, shape.to_vec()))
-}
 
 /// Output padding that makes the transposed convolution of a convolution's output the size of
 /// its input, per axis: `(n + 2·pad − k) mod stride`.

@@ -13,13 +13,13 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::{Autodiff, Flex};
+use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::DType;
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
-type Ad = Autodiff<Flex>;
+use crate::flex_ops::{slice, tensor, Ad};
 
 /// What the backward pass needs, as plain values.
 #[derive(Clone, Debug)]
@@ -35,12 +35,7 @@ struct State {
 struct GdnBackward;
 
 fn values(t: &FlexTensor) -> Vec<f32> {
-    let t = t.to_contiguous();
-    t.as_slice::<f32>().expect("f32 tensor").to_vec()
-}
-
-fn tensor(v: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(v, shape.to_vec()))
+    slice(&t.to_contiguous()).to_vec()
 }
 
 impl Backward<Flex, 3> for GdnBackward {

@@ -7,6 +7,7 @@ mod config;
 mod conv_op;
 mod density;
 mod fastconv;
+mod flex_ops;
 mod gdn;
 mod gdn_op;
 mod tensors;
