@@ -111,31 +111,20 @@ impl Gdn {
 /// operation's backward pass needs, [`crate::gdn_op`]).
 pub(crate) fn normalise(data: &mut [f32], root: Option<&mut [f32]>, dims: [usize; 4], beta: &[f32], gamma: ndarray::ArrayView2<'_, f32>, inverse: bool) {
     use rayon::prelude::*;
-    let [b, c, h, w] = dims;
-    let hw = h * w;
+    let c = dims[1];
     let len = data.len();
     // Per block of pixels, its slice of every channel row (of every image), and of `root`.
-    let blocks_per_image = hw.div_ceil(FUSED_PIXELS);
-    type Block<'a> = (Vec<&'a mut [f32]>, Vec<&'a mut [f32]>);
-    let mut blocks: Vec<Block<'_>> = (0..b * blocks_per_image).map(|_| (Vec::with_capacity(c), Vec::new())).collect();
-    for (row_index, row) in data.chunks_mut(hw.max(1)).enumerate() {
-        let image = row_index / c;
-        for (j, part) in row.chunks_mut(FUSED_PIXELS).enumerate() {
-            blocks[image * blocks_per_image + j].0.push(part);
+    let blocks = pixel_blocks(data, dims, FUSED_PIXELS);
+    let roots: Vec<Vec<&mut [f32]>> = match root {
+        Some(root) => {
+            assert_eq!(root.len(), len, "one root per element");
+            pixel_blocks(root, dims, FUSED_PIXELS)
         }
-    }
-    if let Some(root) = root {
-        assert_eq!(root.len(), len, "one root per element");
-        for (row_index, row) in root.chunks_mut(hw.max(1)).enumerate() {
-            let image = row_index / c;
-            for (j, part) in row.chunks_mut(FUSED_PIXELS).enumerate() {
-                blocks[image * blocks_per_image + j].1.push(part);
-            }
-        }
-    }
+        None => blocks.iter().map(|_| Vec::new()).collect(),
+    };
     // Per worker: x² and gamma · x² of one block, fully overwritten for every block.
     let scratch = || (vec![0f32; c * FUSED_PIXELS], vec![0f32; c * FUSED_PIXELS]);
-    blocks.into_par_iter().for_each_init(scratch, |(sq, nm), (mut rows, mut roots)| {
+    blocks.into_par_iter().zip(roots).for_each_init(scratch, |(sq, nm), (mut rows, mut roots)| {
         let n = rows.first().map_or(0, |r| r.len());
         let mut squares = ndarray::ArrayViewMut2::from_shape((c, n), &mut sq[..c * n]).expect("block of x²");
         for (ch, r) in rows.iter().enumerate() {
@@ -164,6 +153,21 @@ pub(crate) fn normalise(data: &mut [f32], root: Option<&mut [f32]>, dims: [usize
             }
         }
     });
+}
+
+/// `data` (`[b, c, h, w]`) cut into blocks of `block` pixels of one image: for each block (image
+/// by image, then along the pixels), its slice of every channel row, channel by channel.
+pub(crate) fn pixel_blocks(data: &mut [f32], dims: [usize; 4], block: usize) -> Vec<Vec<&mut [f32]>> {
+    let [b, c, h, w] = dims;
+    let hw = h * w;
+    let per_image = hw.div_ceil(block);
+    let mut blocks: Vec<Vec<&mut [f32]>> = (0..b * per_image).map(|_| Vec::with_capacity(c)).collect();
+    for (row_index, row) in data.chunks_mut(hw.max(1)).enumerate() {
+        for (j, part) in row.chunks_mut(block).enumerate() {
+            blocks[(row_index / c) * per_image + j].push(part);
+        }
+    }
+    blocks
 }
 
 /// Pixels per block of the fused inference pass: x², gamma · x² and the block itself stay in

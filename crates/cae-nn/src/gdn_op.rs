@@ -68,7 +68,7 @@ const BLOCK: usize = 512;
 /// one pass over whole images per step. The blocks' partial dβ and dγ are added in block
 /// order, so the sums do not depend on the number of threads.
 fn backward_blocked(x: &[f32], root: &[f32], dy: &[f32], gamma: &[f32], dims: [usize; 4], inverse: bool) -> (Vec<f32>, Vec<f32>, Array2<f32>) {
-    let [b, c, h, w] = dims;
+    let [_, c, h, w] = dims;
     let hw = h * w;
     let gamma = ArrayView2::from_shape((c, c), gamma).expect("gamma [c, c]");
     let gamma_t = gamma.t();
@@ -76,12 +76,7 @@ fn backward_blocked(x: &[f32], root: &[f32], dy: &[f32], gamma: &[f32], dims: [u
     let mut dx = vec![0f32; x.len()];
     let per_image = hw.div_ceil(BLOCK);
     // Each block's slice of every channel row of dx.
-    let mut blocks: Vec<Vec<&mut [f32]>> = (0..b * per_image).map(|_| Vec::with_capacity(c)).collect();
-    for (row_index, row) in dx.chunks_mut(hw.max(1)).enumerate() {
-        for (j, part) in row.chunks_mut(BLOCK).enumerate() {
-            blocks[(row_index / c) * per_image + j].push(part);
-        }
-    }
+    let blocks = crate::gdn::pixel_blocks(&mut dx, dims, BLOCK);
     let scratch = || (vec![0f32; c * BLOCK], vec![0f32; c * BLOCK], vec![0f32; c * BLOCK]);
     let parts: Vec<(Vec<f32>, Array2<f32>)> = blocks
         .into_par_iter()
