@@ -111,6 +111,11 @@ struct Args {
     /// interpolated or extrapolated in log λ elsewhere), all other weights as they are.
     #[arg(long, value_delimiter = ',', requires = "resume")]
     resume_lambdas: Option<Vec<f64>>,
+    /// The latent size M of the --resume checkpoint, when --m is larger: trained weights are
+    /// kept, the new channels start "random in, zero out" (the old outputs unchanged), so the
+    /// model grows its code size without starting over.
+    #[arg(long, requires = "resume")]
+    resume_m: Option<usize>,
     /// Only draw out/curves.png from the logs of the run in --out, then exit (every run also
     /// draws it at each checkpoint).
     #[arg(long)]
@@ -159,10 +164,18 @@ fn main() -> Result<()> {
     let mut step0 = 0usize;
     if let Some(path) = &args.resume {
         let old = args.resume_lambdas.clone().unwrap_or_else(|| config.lambdas.clone());
-        let old_config = ModelConfig { lambdas: old.clone(), ..config.clone() };
-        old_config.validate().context("--resume-lambdas")?;
+        let old_m = args.resume_m.unwrap_or(config.m);
+        let old_config = ModelConfig { lambdas: old.clone(), m: old_m, ..config.clone() };
+        old_config.validate().context("--resume-lambdas / --resume-m")?;
+        if old_m > config.m {
+            bail!("--resume-m {old_m} is larger than --m {}: a latent can grow, not shrink", config.m);
+        }
         let (m, s) = net::load_checkpoint(net::Net::new(&old_config, &device), path)?;
         model = m;
+        if old_m != config.m {
+            model = model.widen_latent(&old_config, config.m, &device)?;
+            eprintln!("latent grown from M = {old_m} to M = {}", config.m);
+        }
         if old != config.lambdas {
             model.gains = model.gains.remap(&old, &config.lambdas, &device);
             eprintln!("gains of λ = {old:?} carried over to λ = {:?}", config.lambdas);

@@ -93,6 +93,19 @@ impl Net {
         Output { mse, bpp }
     }
 
+    /// This model with its latent grown to `m_new` channels (see [`crate::widen`]); the new
+    /// weights come from a fresh initialisation on `device`.
+    pub fn widen_latent(&self, cfg: &ModelConfig, m_new: usize, device: &Device) -> Result<Net> {
+        let new_cfg = ModelConfig { m: m_new, ..cfg.clone() };
+        let fresh = Net::new(&new_cfg, device);
+        let params = crate::widen::widen_latent(&cae_nn::export_params(self), &cae_nn::export_params(&fresh), cfg.m, m_new)
+            .map_err(|e| anyhow::anyhow!("growing the latent: {e}"))?;
+        let by_name = params.into_iter().map(|t| (t.name.clone(), t)).collect();
+        let (net, missing) = cae_nn::import_params(fresh, &by_name);
+        anyhow::ensure!(missing.is_empty(), "growing the latent: no values for {missing:?}");
+        Ok(net)
+    }
+
     /// Projections after an optimiser step (see [`cae_nn::Gdn::project`]).
     pub fn project(mut self) -> Self {
         self.g_a.gdns = self.g_a.gdns.into_iter().map(cae_nn::Gdn::project).collect();
@@ -160,6 +173,37 @@ pub fn load_checkpoint(model: Net, path: &Path) -> Result<(Net, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn values(t: Tensor<4>) -> Vec<f32> {
+        t.into_data().try_into_vec_as().unwrap()
+    }
+
+    #[test]
+    fn a_grown_latent_leaves_every_old_output_unchanged() {
+        let dev = Device::flex();
+        dev.seed(7);
+        let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01, 0.02] };
+        let old = Net::new(&cfg, &dev);
+        let new = old.widen_latent(&cfg, 16, &dev).unwrap();
+        let x = Tensor::<4>::random([1, 3, 64, 64], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
+        let (y_old, y_new) = (old.gains.apply(old.g_a.forward(x.clone()), &[1]), new.gains.apply(new.g_a.forward(x), &[1]));
+        assert_eq!(y_new.dims(), [1, 16, 4, 4]);
+        assert_eq!(values(y_new.clone().slice([0..1, 0..12])), values(y_old.clone()));
+        // The new channels carry values (random in), the hyper-latent ignores them (zero out).
+        assert!(values(y_new.clone().slice([0..1, 12..16])).iter().any(|v| v.abs() > 1e-3));
+        let (z_old, z_new) = (old.h_a.forward(y_old.clone()), new.h_a.forward(y_new));
+        assert_eq!(values(z_new.clone()), values(z_old.clone()));
+        let ((s_old, m_old), (s_new, m_new)) = (old.h_s.forward(z_old), new.h_s.forward(z_new));
+        assert_eq!(values(s_new.slice([0..1, 0..12])), values(s_old));
+        assert_eq!(values(m_new.slice([0..1, 0..12])), values(m_old));
+        // With the new channels at zero (rounded away), the same image; with them set, another.
+        let padded = Tensor::cat(vec![y_old.clone(), Tensor::zeros([1, 4, 4, 4], &dev)], 1);
+        assert_eq!(values(new.g_s.forward(padded)), values(old.g_s.forward(y_old.clone())));
+        let ones = Tensor::cat(vec![y_old.clone(), Tensor::ones([1, 4, 4, 4], &dev)], 1);
+        assert_ne!(values(new.g_s.forward(ones)), values(old.g_s.forward(y_old)));
+        // And it trains and exports like any model of that size.
+        assert!(!new.export(&ModelConfig { m: 16, ..cfg }, &dev).is_empty());
+    }
 
     #[test]
     fn scale_bound_passes_only_useful_gradients() {

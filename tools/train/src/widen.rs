@@ -1,0 +1,150 @@
+//! Growing a trained model's latent from M to more channels, so that a run can resume with a
+//! larger code size instead of starting over. A model whose every latent channel already
+//! carries bits at every quality (as N = 64 / M = 96 does) saturates at high rates: more
+//! precision per channel cannot bring back what the projection to M channels dropped.
+//!
+//! Every trained weight keeps its value. A new entry takes the value of a freshly initialised
+//! network of the new size ("random in"), except where it reads a *new* channel into an old
+//! one, which starts at zero ("zero out") so that the old outputs do not move — with one
+//! exception: the synthesis reads the new latent channels with a tenth of its initial
+//! weights, because its input is the *rounded* latent, which is zero wherever a new channel
+//! is small, and a zero weight there would leave the new channels without any gradient from
+//! the distortion. New gains are the mean magnitude of their quality's old gains.
+
+use cae_nn::NamedTensor;
+
+/// Weight of the synthesis's first layer (transposed: `[c_in = M, c_out, k, k]`).
+const SYNTHESIS_INPUT: &str = "g_s.deconvs.0.weight";
+/// Scale of the fresh values on the synthesis's new inputs.
+const SYNTHESIS_INPUT_SCALE: f32 = 0.1;
+
+/// Where a new index along one axis comes from in the old tensor.
+fn axis_map(name: &str, axis: usize, old_len: usize, new_len: usize, m_old: usize, m_new: usize) -> Vec<Option<usize>> {
+    // The hyper-synthesis's output is [scales (M); means (M)]: both halves grow.
+    let halves = name.starts_with("h_s.out.") && axis == 0 && old_len == 2 * m_old && new_len == 2 * m_new;
+    (0..new_len)
+        .map(|i| {
+            if halves {
+                let (half, j) = (i / m_new, i % m_new);
+                (j < m_old).then_some(half * m_old + j)
+            } else {
+                (i < old_len).then_some(i)
+            }
+        })
+        .collect()
+}
+
+/// Which axis of a weight is its input channel (transposed convolutions store `[in, out, ..]`).
+fn input_axis(name: &str) -> Option<usize> {
+    if !name.ends_with(".weight") {
+        return None;
+    }
+    let transposed = name.starts_with("g_s.deconvs.") || name.starts_with("h_s.up");
+    Some(if transposed { 0 } else { 1 })
+}
+
+/// The parameters of the model with `m_new` latent channels: `old` are the trained ones (M =
+/// `m_old`), `fresh` a new initialisation of the larger model (same names, new shapes).
+pub fn widen_latent(old: &[NamedTensor], fresh: &[NamedTensor], m_old: usize, m_new: usize) -> Result<Vec<NamedTensor>, String> {
+    assert!(m_new >= m_old);
+    fresh
+        .iter()
+        .map(|f| {
+            let o = old.iter().find(|o| o.name == f.name).ok_or_else(|| format!("{}: not in the checkpoint", f.name))?;
+            if o.shape == f.shape {
+                return Ok(o.clone());
+            }
+            if o.shape.len() != f.shape.len() || o.shape.iter().zip(&f.shape).any(|(a, b)| a > b) {
+                return Err(format!("{}: {:?} does not grow into {:?}", f.name, o.shape, f.shape));
+            }
+            if f.name.starts_with("gains.") {
+                return Ok(widen_gains(o, f));
+            }
+            let maps: Vec<Vec<Option<usize>>> =
+                (0..f.shape.len()).map(|a| axis_map(&f.name, a, o.shape[a], f.shape[a], m_old, m_new)).collect();
+            let input = input_axis(&f.name);
+            let mut values = Vec::with_capacity(f.values.len());
+            let mut idx = vec![0usize; f.shape.len()];
+            for &fresh_value in &f.values {
+                let src: Option<Vec<usize>> = idx.iter().enumerate().map(|(a, &i)| maps[a][i]).collect();
+                values.push(match src {
+                    Some(s) => o.values[s.iter().zip(&o.shape).fold(0, |acc, (&i, &n)| acc * n + i)],
+                    None if input.is_some_and(|a| maps[a][idx[a]].is_none()) => {
+                        if f.name == SYNTHESIS_INPUT { fresh_value * SYNTHESIS_INPUT_SCALE } else { 0.0 }
+                    }
+                    None => fresh_value,
+                });
+                for a in (0..idx.len()).rev() {
+                    idx[a] += 1;
+                    if idx[a] < f.shape[a] {
+                        break;
+                    }
+                    idx[a] = 0;
+                }
+            }
+            Ok(NamedTensor { name: f.name.clone(), shape: f.shape.clone(), values })
+        })
+        .collect()
+}
+
+/// Gains `[levels, M]`: old columns kept, new ones the mean magnitude of their row.
+fn widen_gains(o: &NamedTensor, f: &NamedTensor) -> NamedTensor {
+    let (rows, m_old, m_new) = (o.shape[0], o.shape[1], f.shape[1]);
+    let mut values = Vec::with_capacity(rows * m_new);
+    for r in 0..rows {
+        let row = &o.values[r * m_old..(r + 1) * m_old];
+        let mean = row.iter().map(|v| v.abs()).sum::<f32>() / m_old as f32;
+        values.extend_from_slice(row);
+        values.extend(std::iter::repeat_n(mean, m_new - m_old));
+    }
+    NamedTensor { name: f.name.clone(), shape: f.shape.clone(), values }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, shape: &[usize], values: Vec<f32>) -> NamedTensor {
+        NamedTensor { name: name.into(), shape: shape.to_vec(), values }
+    }
+
+    #[test]
+    fn old_weights_kept_new_inputs_zero_new_outputs_fresh() {
+        // A convolution [out, in, 1, 1] from M = 2 to 3 latent inputs (h_a's first layer reads y).
+        let old = [t("h_a.convs.0.weight", &[2, 2, 1, 1], vec![1.0, 2.0, 3.0, 4.0])];
+        let fresh = [t("h_a.convs.0.weight", &[2, 3, 1, 1], vec![9.0; 6])];
+        let w = widen_latent(&old, &fresh, 2, 3).unwrap();
+        assert_eq!(w[0].values, vec![1.0, 2.0, 0.0, 3.0, 4.0, 0.0]);
+        // The analysis's last layer [M, N, 1, 1]: a new output row, fresh.
+        let old = [t("g_a.convs.3.weight", &[2, 1, 1, 1], vec![1.0, 2.0]), t("g_a.convs.3.bias", &[2], vec![0.5, 0.6])];
+        let fresh = [t("g_a.convs.3.weight", &[3, 1, 1, 1], vec![7.0, 8.0, 9.0]), t("g_a.convs.3.bias", &[3], vec![0.1, 0.2, 0.3])];
+        let w = widen_latent(&old, &fresh, 2, 3).unwrap();
+        assert_eq!((w[0].values.clone(), w[1].values.clone()), (vec![1.0, 2.0, 9.0], vec![0.5, 0.6, 0.3]));
+    }
+
+    #[test]
+    fn synthesis_reads_new_channels_with_small_weights_and_the_hyper_output_grows_by_halves() {
+        // Transposed [in = M, out, 1, 1].
+        let old = [t(SYNTHESIS_INPUT, &[2, 1, 1, 1], vec![1.0, 2.0])];
+        let fresh = [t(SYNTHESIS_INPUT, &[3, 1, 1, 1], vec![5.0, 5.0, 5.0])];
+        let w = widen_latent(&old, &fresh, 2, 3).unwrap();
+        assert_eq!(w[0].values, vec![1.0, 2.0, 0.5]);
+        // h_s.out.bias: [s0 s1 | m0 m1] → [s0 s1 new | m0 m1 new].
+        let old = [t("h_s.out.bias", &[4], vec![1.0, 2.0, 3.0, 4.0])];
+        let fresh = [t("h_s.out.bias", &[6], vec![-1.0; 6])];
+        let w = widen_latent(&old, &fresh, 2, 3).unwrap();
+        assert_eq!(w[0].values, vec![1.0, 2.0, -1.0, 3.0, 4.0, -1.0]);
+    }
+
+    #[test]
+    fn gains_grow_by_their_rows_mean_and_unchanged_tensors_pass() {
+        let old = [t("gains.gain", &[2, 2], vec![1.0, -3.0, 0.5, 0.5]), t("g_a.gdns.0.beta", &[1], vec![0.25])];
+        let fresh = [t("gains.gain", &[2, 3], vec![0.0; 6]), t("g_a.gdns.0.beta", &[1], vec![1.0])];
+        let w = widen_latent(&old, &fresh, 2, 3).unwrap();
+        assert_eq!(w[0].values, vec![1.0, -3.0, 2.0, 0.5, 0.5, 0.5]);
+        assert_eq!(w[1].values, vec![0.25]);
+        // A tensor that would shrink, and one the checkpoint does not have, are refused.
+        assert!(widen_latent(&old[..1], &[t("gains.gain", &[2, 1], vec![0.0; 2])], 2, 2).is_err());
+        assert!(widen_latent(&old[..1], &[t("h_a.convs.0.bias", &[1], vec![0.0])], 2, 2).is_err());
+    }
+}
