@@ -29,8 +29,9 @@ pub use pixels::psnr;
 pub use tiling::{DEFAULT_TILE, HALO};
 pub use uses::{add_noise, anomaly_score, denoise, embed, interpolate, sample, AnomalyScore, DENOISE_MODEL, DENOISE_QUALITY};
 
-/// The quality used when none is given (1-based): level 4 of the default model's six, λ = 0.0067
-/// (levels 1 and 2 are below the rates of the earlier four-level models).
+/// The default model's quality used when none is given (1-based): level 4 of its six, λ = 0.0067
+/// (levels 1 and 2 are below the rates of the earlier four-level models). Other models code at
+/// their own [`Model::default_quality`] (the level nearest the same λ).
 pub const DEFAULT_QUALITY: u8 = 4;
 
 /// How to compress.

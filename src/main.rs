@@ -67,8 +67,9 @@ enum Command {
         #[arg(short = 'o', long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
         /// Quality level (1 = smallest file; the model's number of levels = best quality).
-        #[arg(short, long, default_value_t = caec::DEFAULT_QUALITY)]
-        quality: u8,
+        /// Default: the model's level nearest λ = 0.0067 (4 of the default model's six).
+        #[arg(short, long)]
+        quality: Option<u8>,
         /// Choose the quality instead: the best one whose file has at most this many bits
         /// per pixel (the lowest if none fits).
         #[arg(long, value_name = "BPP", conflicts_with_all = ["quality", "target_psnr"])]
@@ -131,8 +132,9 @@ enum Command {
         /// Images and folders (searched recursively).
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
-        #[arg(short, long, default_value_t = caec::DEFAULT_QUALITY)]
-        quality: u8,
+        /// Quality level; default: the model's level nearest λ = 0.0067.
+        #[arg(short, long)]
+        quality: Option<u8>,
         #[arg(short, long, default_value = caec::DEFAULT_MODEL)]
         model: String,
     },
@@ -158,8 +160,9 @@ enum Command {
         width: u32,
         #[arg(long, default_value_t = 256)]
         height: u32,
-        #[arg(short, long, default_value_t = caec::DEFAULT_QUALITY)]
-        quality: u8,
+        /// Quality level; default: the model's level nearest λ = 0.0067.
+        #[arg(short, long)]
+        quality: Option<u8>,
         /// Seed of the first image (the others use the next seeds).
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -520,6 +523,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compress { paths, out_dir, quality, target_bpp, target_psnr, force, model } => {
             let target = target_bpp.map(caec::Target::Bpp).or(target_psnr.map(caec::Target::Psnr));
             let model = caec::load_model(&model)?;
+            let quality = quality.unwrap_or_else(|| model.default_quality());
             let job = |input: &Path, output: &Path| -> Result<String> {
                 let bytes = read_input(input)?;
                 let image = caec::read_image(&bytes).with_context(|| label(input))?;
@@ -609,6 +613,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Anomaly { inputs, quality, model } => {
             let model = caec::load_model(&model)?;
+            let quality = quality.unwrap_or_else(|| model.default_quality());
             let files = image_inputs(&inputs)?;
             let bar = indicatif::ProgressBar::new(files.len() as u64);
             let mut scores = Vec::new();
@@ -634,6 +639,7 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("-n 0: nothing to draw");
             }
             let model = caec::load_model(&model)?;
+            let quality = quality.unwrap_or_else(|| model.default_quality());
             let images = (0..n as u64).map(|k| caec::sample(&model, width, height, quality, seed + k)).collect::<caec::Result<Vec<_>>>()?;
             write_image(&out, &side_by_side(&images), force)
         }

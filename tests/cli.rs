@@ -277,6 +277,12 @@ fn models_are_listed_and_chosen_by_name() {
         assert!(run(&["compress", "--model", name, &png, &cae]).status.success());
         let info = String::from_utf8(run(&["info", &cae]).stdout).unwrap();
         assert!(info.contains(&format!("({name})")), "{info}");
+        // Without -q, each model codes at its own level nearest λ = 0.0067.
+        let q = caec::load_model(name).unwrap().default_quality();
+        assert!(info.contains(&format!("quality:     {q}\n")), "{name}: {info}");
+        if *name == caec::DEFAULT_MODEL {
+            assert_eq!(q, caec::DEFAULT_QUALITY);
+        }
         let back = dir.path().join(format!("{name}.png")).to_str().unwrap().to_string();
         assert!(run(&["decompress", &cae, &back]).status.success());
     }

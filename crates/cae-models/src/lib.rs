@@ -89,6 +89,13 @@ pub struct Model {
     pub y_tables: TableSet,
 }
 
+/// 1-based index of the λ in `lambdas` nearest `target` in log λ (the lower on a tie).
+fn nearest_level(lambdas: &[f64], target: f64) -> u8 {
+    let d = |l: f64| (l.ln() - target.ln()).abs();
+    let i = (0..lambdas.len()).fold(0, |best, i| if d(lambdas[i]) < d(lambdas[best]) { i } else { best });
+    (i + 1).min(u8::MAX as usize) as u8
+}
+
 fn float_tensors(blob: &Blob, prefix: &str) -> HashMap<String, NamedTensor> {
     blob.entries
         .iter()
@@ -163,7 +170,18 @@ fn read_tables(map: &HashMap<&str, &blob::Entry>, prefix: &str) -> Result<TableS
     Ok(TableSet::new(tables)?)
 }
 
+/// The λ whose level a model codes at unless told otherwise: the middle of the reference
+/// λ range (CompressAI's quality 3), about 0.4 bpp on Kodak.
+pub const DEFAULT_LAMBDA: f64 = 0.0067;
+
 impl Model {
+    /// The quality level (1-based) to code at unless told otherwise: the one whose λ is
+    /// nearest [`DEFAULT_LAMBDA`] (in log λ), so that a model with other levels still gets a
+    /// comparable rate rather than the level of the same number.
+    pub fn default_quality(&self) -> u8 {
+        nearest_level(&self.config.lambdas, DEFAULT_LAMBDA)
+    }
+
     /// Parse a model file and build its networks on `device`.
     pub fn from_bytes(name: &str, bytes: &[u8], device: &Device) -> Result<Model, ModelError> {
         let blob = Blob::parse(bytes)?;
@@ -284,4 +302,26 @@ pub fn export(t: &Trained, device: &Device) -> Vec<u8> {
     let y: Vec<CdfTable> = scales.iter().map(|&s| cae_entropy::gaussian_table(s)).collect();
     push_tables(&mut blob, "y_tables", &y);
     blob.to_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_quality_is_the_level_nearest_the_default_lambda() {
+        assert_eq!(nearest_level(&[0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025], DEFAULT_LAMBDA), 4);
+        assert_eq!(nearest_level(&[0.0035, 0.0067, 0.013, 0.025], DEFAULT_LAMBDA), 2);
+        assert_eq!(nearest_level(&[0.05, 0.1], DEFAULT_LAMBDA), 1);
+        assert_eq!(nearest_level(&[0.0001, 0.001], DEFAULT_LAMBDA), 2);
+        // In log λ: 0.0067 is nearer 0.013 (×1.94) than 0.0030 (×2.23).
+        assert_eq!(nearest_level(&[0.003, 0.013], DEFAULT_LAMBDA), 2);
+        // Every built-in model: a level of its own.
+        let dev = Device::flex();
+        for (name, _) in BUILTIN {
+            let m = load_builtin(name, &dev).unwrap();
+            let q = m.default_quality() as usize;
+            assert!((1..=m.config.levels()).contains(&q), "{name}: {q}");
+        }
+    }
 }
