@@ -116,6 +116,10 @@ struct Args {
     /// model grows its code size without starting over.
     #[arg(long, requires = "resume")]
     resume_m: Option<usize>,
+    /// With --resume-m: the new channels' rate counts from 0 rising linearly to full weight
+    /// over this many steps, so that they learn to carry something before they pay for it.
+    #[arg(long, default_value_t = 0, requires = "resume_m")]
+    grow_ramp: usize,
     /// Only draw out/curves.png from the logs of the run in --out, then exit (every run also
     /// draws it at each checkpoint).
     #[arg(long)]
@@ -218,7 +222,11 @@ fn main() -> Result<()> {
         let lambda = config.lambdas[q];
         let x = data::batch(&images, args.batch, args.crop, &mut rng, &device);
         let input = if args.noise > 0.0 { data::add_noise(x.clone(), args.noise) } else { x.clone() };
-        let out = model.forward(input, x, q, args.decoder_noise);
+        let growing = args.resume_m.filter(|_| step - step0 < args.grow_ramp).map(|from| net::Growing {
+            from,
+            weight: (step - step0) as f64 / args.grow_ramp as f64,
+        });
+        let out = model.forward_growing(input, x, q, args.decoder_noise, growing);
         let loss = out.mse.clone() * (lambda * 255.0 * 255.0) + out.bpp.clone();
         let (loss_v, bpp_v, mse_v) = (
             loss.clone().into_scalar::<f32>() as f64,

@@ -24,11 +24,29 @@ pub struct Net {
     pub density: FactorizedDensity,
 }
 
+/// Latent channels whose rate counts only in part: the channels from `from` on, at `weight`.
+#[derive(Clone, Copy, Debug)]
+pub struct Growing {
+    pub from: usize,
+    pub weight: f64,
+}
+
 pub struct Output {
     /// Mean squared error per sample, pixels in [0, 1].
     pub mse: Tensor<1>,
     /// Estimated bits per pixel of y and z.
     pub bpp: Tensor<1>,
+}
+
+/// The sum of `t` `[b, c, h, w]`, the channels from `growing.from` on weighted by `growing.weight`.
+fn weighted_sum(t: Tensor<4>, growing: Option<Growing>) -> Tensor<1> {
+    match growing {
+        Some(g) if g.from < t.dims()[1] => {
+            let [b, c, h, w] = t.dims();
+            t.clone().slice([0..b, 0..g.from, 0..h, 0..w]).sum() + t.slice([0..b, g.from..c, 0..h, 0..w]).sum() * g.weight
+        }
+        _ => t.sum(),
+    }
 }
 
 /// Standard normal CDF.
@@ -71,6 +89,12 @@ impl Net {
     /// (CompressAI's training forward); without, the latent rounded around the means with a
     /// straight-through gradient (what it sees at inference; Minnen & Singh 2020).
     pub fn forward(&self, x: Tensor<4>, target: Tensor<4>, q: usize, decoder_noise: bool) -> Output {
+        self.forward_growing(x, target, q, decoder_noise, None)
+    }
+
+    /// [`Net::forward`], with the rate of the latent channels from `growing.from` on counted
+    /// with the weight `growing.weight` (a latent just grown: see [`crate::widen`]).
+    pub fn forward_growing(&self, x: Tensor<4>, target: Tensor<4>, q: usize, decoder_noise: bool, growing: Option<Growing>) -> Output {
         let [b, _, h, w] = x.dims();
         let qs = vec![q; b];
         let y = self.gains.apply(self.g_a.forward(x.clone()), &qs);
@@ -85,7 +109,7 @@ impl Net {
         let lower = phi((v.neg() - 0.5) / scales);
         let y_lik = (upper - lower).clamp_min(LIKELIHOOD_BOUND);
         let pixels = (b * h * w) as f64;
-        let bits = y_lik.log().sum() + z_lik.log().sum();
+        let bits = weighted_sum(y_lik.log(), growing) + z_lik.log().sum();
         let bpp = bits / (-std::f64::consts::LN_2 * pixels);
         let y_hat = if decoder_noise { y_tilde } else { cae_quant::ste_round_around(y, means) };
         let x_hat = self.g_s.forward(self.gains.invert(y_hat, &qs));
@@ -203,6 +227,18 @@ mod tests {
         assert_ne!(values(new.g_s.forward(ones)), values(old.g_s.forward(y_old)));
         // And it trains and exports like any model of that size.
         assert!(!new.export(&ModelConfig { m: 16, ..cfg }, &dev).is_empty());
+    }
+
+    #[test]
+    fn growing_channels_pay_their_rate_by_the_weight() {
+        let dev = Device::flex();
+        // Two channels of 1 and 10 per element, 2x2 each.
+        let t = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 1.0, 1.0, 1.0, 10.0, 10.0, 10.0, 10.0], [1, 2, 2, 2]), &dev);
+        let sum = |g| weighted_sum(t.clone(), g).into_scalar::<f32>();
+        assert_eq!(sum(None), 44.0);
+        assert_eq!(sum(Some(Growing { from: 1, weight: 0.25 })), 14.0);
+        assert_eq!(sum(Some(Growing { from: 1, weight: 0.0 })), 4.0);
+        assert_eq!(sum(Some(Growing { from: 2, weight: 0.0 })), 44.0);
     }
 
     #[test]

@@ -4,12 +4,18 @@
 //! precision per channel cannot bring back what the projection to M channels dropped.
 //!
 //! Every trained weight keeps its value. A new entry takes the value of a freshly initialised
-//! network of the new size ("random in"), except where it reads a *new* channel into an old
-//! one, which starts at zero ("zero out") so that the old outputs do not move — with one
+//! network of the new size ("random in"), rescaled to the RMS of the trained weights of its
+//! tensor (a fresh initialisation is far smaller than trained weights: new latent channels
+//! would round to zero everywhere), except where it reads a *new* channel into an old one,
+//! which starts at zero ("zero out") so that the old outputs do not move — with one
 //! exception: the synthesis reads the new latent channels with a tenth of its initial
 //! weights, because its input is the *rounded* latent, which is zero wherever a new channel
 //! is small, and a zero weight there would leave the new channels without any gradient from
 //! the distortion. New gains are the mean magnitude of their quality's old gains.
+//!
+//! Even so, the rate term kills new channels before they learn to carry anything (measured:
+//! after 3,000 steps their spread was 0.04 against ~1 for the old ones), so training ramps
+//! their rate in (`caec-train --grow-ramp`, [`crate::net::Growing`]).
 
 use cae_nn::NamedTensor;
 
@@ -63,28 +69,54 @@ pub fn widen_latent(old: &[NamedTensor], fresh: &[NamedTensor], m_old: usize, m_
             let maps: Vec<Vec<Option<usize>>> =
                 (0..f.shape.len()).map(|a| axis_map(&f.name, a, o.shape[a], f.shape[a], m_old, m_new)).collect();
             let input = input_axis(&f.name);
+            let is_new_input = |idx: &[usize]| input.is_some_and(|a| maps[a][idx[a]].is_none());
+            // RMS of the trained values and of the fresh values that become new outputs.
+            let rms = |v: &mut dyn Iterator<Item = f32>| {
+                let (sum, n) = v.fold((0f64, 0usize), |(s, n), x| (s + (x as f64).powi(2), n + 1));
+                if n == 0 { 0.0 } else { (sum / n as f64).sqrt() }
+            };
+            let mut fresh_new_outputs = Vec::new();
+            for_each_index(&f.shape, |flat, idx| {
+                if idx.iter().enumerate().any(|(a, &i)| maps[a][i].is_none()) && !is_new_input(idx) {
+                    fresh_new_outputs.push(f.values[flat]);
+                }
+            });
+            let rescale = if input.is_some() {
+                let fresh_rms = rms(&mut fresh_new_outputs.into_iter());
+                if fresh_rms > 0.0 { (rms(&mut o.values.iter().copied()) / fresh_rms) as f32 } else { 1.0 }
+            } else {
+                1.0
+            };
             let mut values = Vec::with_capacity(f.values.len());
-            let mut idx = vec![0usize; f.shape.len()];
-            for &fresh_value in &f.values {
+            for_each_index(&f.shape, |flat, idx| {
                 let src: Option<Vec<usize>> = idx.iter().enumerate().map(|(a, &i)| maps[a][i]).collect();
                 values.push(match src {
                     Some(s) => o.values[s.iter().zip(&o.shape).fold(0, |acc, (&i, &n)| acc * n + i)],
-                    None if input.is_some_and(|a| maps[a][idx[a]].is_none()) => {
-                        if f.name == SYNTHESIS_INPUT { fresh_value * SYNTHESIS_INPUT_SCALE } else { 0.0 }
+                    None if is_new_input(idx) => {
+                        if f.name == SYNTHESIS_INPUT { f.values[flat] * SYNTHESIS_INPUT_SCALE } else { 0.0 }
                     }
-                    None => fresh_value,
+                    None => f.values[flat] * rescale,
                 });
-                for a in (0..idx.len()).rev() {
-                    idx[a] += 1;
-                    if idx[a] < f.shape[a] {
-                        break;
-                    }
-                    idx[a] = 0;
-                }
-            }
+            });
             Ok(NamedTensor { name: f.name.clone(), shape: f.shape.clone(), values })
         })
         .collect()
+}
+
+/// Call `f(flat index, multi-index)` for every element of a row-major tensor of `shape`.
+fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[usize])) {
+    let mut idx = vec![0usize; shape.len()];
+    let total: usize = shape.iter().product();
+    for flat in 0..total {
+        f(flat, &idx);
+        for a in (0..idx.len()).rev() {
+            idx[a] += 1;
+            if idx[a] < shape[a] {
+                break;
+            }
+            idx[a] = 0;
+        }
+    }
 }
 
 /// Gains `[levels, M]`: old columns kept, new ones the mean magnitude of their row.
@@ -119,7 +151,9 @@ mod tests {
         let old = [t("g_a.convs.3.weight", &[2, 1, 1, 1], vec![1.0, 2.0]), t("g_a.convs.3.bias", &[2], vec![0.5, 0.6])];
         let fresh = [t("g_a.convs.3.weight", &[3, 1, 1, 1], vec![7.0, 8.0, 9.0]), t("g_a.convs.3.bias", &[3], vec![0.1, 0.2, 0.3])];
         let w = widen_latent(&old, &fresh, 2, 3).unwrap();
-        assert_eq!((w[0].values.clone(), w[1].values.clone()), (vec![1.0, 2.0, 9.0], vec![0.5, 0.6, 0.3]));
+        // The new row's weights rescaled to the trained weights' RMS (√2.5), its bias fresh.
+        assert_eq!(w[1].values, vec![0.5, 0.6, 0.3]);
+        assert!(w[0].values[..2] == [1.0, 2.0] && (w[0].values[2] - 2.5f32.sqrt()).abs() < 1e-6, "{:?}", w[0].values);
     }
 
     #[test]
