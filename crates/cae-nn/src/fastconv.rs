@@ -257,20 +257,27 @@ pub fn weight_grad(small: &[f32], small_dims: [usize; 4], big: &[f32], big_dims:
     let jobs: Vec<(usize, std::ops::Range<usize>)> =
         (0..b).flat_map(|i| (0..hs).step_by(rows).map(move |r| (i, r..(r + rows).min(hs)))).collect();
     let planes: Vec<Planes<'_>> = big.chunks(c_b * h * w).map(|x| Planes::new(x, c_b, h, w, stride)).collect();
-    let parts: Vec<Array2<f32>> = jobs
-        .into_par_iter()
-        .map_init(Scratch::default, |scratch, (i, band)| {
-            let a = ArrayView2::from_shape((c_a, hs * ws), &small[i * c_a * hs * ws..(i + 1) * c_a * hs * ws]).expect("small planes");
-            let a = a.slice_axis(Axis(1), ndarray::Slice::from(band.start * ws..band.end * ws));
-            let (mut col, _) = scratch.views(kk, 0, band.len() * ws);
-            im2col(&planes[i], &taps, band, ws, &mut col);
-            let mut part = Array2::<f32>::zeros((c_a, kk));
-            ndarray::linalg::general_mat_mul(1.0, &a, &col.t(), 0.0, &mut part);
-            part
-        })
-        .collect();
-    for part in &parts {
-        total += part;
+    // Bands in groups of a few per thread, each group's partial products added to the total in
+    // band order before the next group starts: the order of the sum is fixed whatever the group
+    // size, and at most one group's partials are held at a time.
+    let group = 4 * rayon::current_num_threads().max(1);
+    for jobs in jobs.chunks(group) {
+        let parts: Vec<Array2<f32>> = jobs
+            .par_iter()
+            .map_init(Scratch::default, |scratch, (i, band)| {
+                let (i, band) = (*i, band.clone());
+                let a = ArrayView2::from_shape((c_a, hs * ws), &small[i * c_a * hs * ws..(i + 1) * c_a * hs * ws]).expect("small planes");
+                let a = a.slice_axis(Axis(1), ndarray::Slice::from(band.start * ws..band.end * ws));
+                let (mut col, _) = scratch.views(kk, 0, band.len() * ws);
+                im2col(&planes[i], &taps, band, ws, &mut col);
+                let mut part = Array2::<f32>::zeros((c_a, kk));
+                ndarray::linalg::general_mat_mul(1.0, &a, &col.t(), 0.0, &mut part);
+                part
+            })
+            .collect();
+        for part in &parts {
+            total += part;
+        }
     }
     total.into_raw_vec_and_offset().0
 }
