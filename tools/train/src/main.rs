@@ -120,6 +120,12 @@ struct Args {
     /// over this many steps, so that they learn to carry something before they pay for it.
     #[arg(long, default_value_t = 0, requires = "resume_m")]
     grow_ramp: usize,
+    /// Keep an exponential moving average of the weights, updated every 10 steps with this
+    /// decay (0.99: an average over the last ~1,000 steps); validation, model.caem and best.*
+    /// then use the average (out/ema.bpk), checkpoint.bpk stays the raw training state.
+    /// 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    ema: f64,
     /// Only draw out/curves.png from the logs of the run in --out, then exit (every run also
     /// draws it at each checkpoint).
     #[arg(long)]
@@ -192,6 +198,13 @@ fn main() -> Result<()> {
         .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
         .init();
 
+    if !(0.0..1.0).contains(&args.ema) {
+        bail!("--ema {}: a decay in [0, 1)", args.ema);
+    }
+    let mut average = (args.ema > 0.0).then(|| net::Ema::new(args.ema));
+    if let Some(e) = average.as_mut() {
+        e.update(&model);
+    }
     let log_path = args.out.join("log.csv");
     let new_log = !log_path.exists() || args.resume.is_none();
     let mut log = std::fs::OpenOptions::new().create(true).append(!new_log).write(true).truncate(new_log).open(&log_path)?;
@@ -241,6 +254,9 @@ fn main() -> Result<()> {
         let lr = args.lr * lr_factor(step - step0, progress, args.warmup_steps, args.decay_from, args.lr_final);
         model = optim.step(lr, model, grads).project();
         step += 1;
+        if let Some(e) = average.as_mut().filter(|_| step % EMA_EVERY == 0) {
+            e.update(&model);
+        }
         let psnr = 10.0 * (1.0 / mse_v.max(1e-10)).log10();
         writeln!(log, "{step},{:.1},{},{lambda},{loss_v:.5},{bpp_v:.5},{mse_v:.7},{psnr:.3}", start.elapsed().as_secs_f64(), q + 1)?;
         let e = ema.get_or_insert((bpp_v, psnr));
@@ -248,10 +264,12 @@ fn main() -> Result<()> {
         bar.set_message(format!("q{} loss {loss_v:.3} bpp~{:.3} psnr~{:.2}", q + 1, e.0, e.1));
         bar.inc(1);
         if last_ckpt.elapsed().as_secs_f64() > args.checkpoint_minutes * 60.0 {
-            let bytes = save(&model, &config, step, &args.out, &device)?;
+            let averaged = average.as_ref().map(|e| e.model(&model));
+            let bytes = save(&model, averaged.as_ref(), &config, step, &args.out, &device)?;
             if !val_images.is_empty() {
-                let (summary, score) = validate(&bytes, &model, &config, &device, &val_images, args.noise, step, &mut val_log)?;
-                let note = keep_best(&args.out, step, score, &mut best)?;
+                let (summary, score) =
+                    validate(&bytes, averaged.as_ref().unwrap_or(&model), &config, &device, &val_images, args.noise, step, &mut val_log)?;
+                let note = keep_best(&args.out, average.is_some(), step, score, &mut best)?;
                 bar.suspend(|| eprintln!("{summary}{note}"));
             }
             log.flush()?;
@@ -265,10 +283,12 @@ fn main() -> Result<()> {
     if stop.load(Ordering::SeqCst) {
         eprintln!("interrupted: saving a checkpoint at step {step}");
     }
-    let bytes = save(&model, &config, step, &args.out, &device)?;
+    let averaged = average.as_ref().map(|e| e.model(&model));
+    let bytes = save(&model, averaged.as_ref(), &config, step, &args.out, &device)?;
     if !val_images.is_empty() {
-        let (summary, score) = validate(&bytes, &model, &config, &device, &val_images, args.noise, step, &mut val_log)?;
-        let note = keep_best(&args.out, step, score, &mut best)?;
+        let (summary, score) =
+            validate(&bytes, averaged.as_ref().unwrap_or(&model), &config, &device, &val_images, args.noise, step, &mut val_log)?;
+        let note = keep_best(&args.out, average.is_some(), step, score, &mut best)?;
         eprintln!("{summary}{note}");
     }
     log.flush()?;
@@ -414,10 +434,18 @@ mod tests {
     }
 }
 
-/// Write the checkpoint and the exported model, each atomically; returns the model file.
-fn save(model: &net::Net, config: &ModelConfig, step: usize, out: &std::path::Path, device: &Device) -> Result<Vec<u8>> {
+/// Steps between two updates of the weights' moving average (`--ema`).
+const EMA_EVERY: usize = 10;
+
+/// Write the checkpoint and the exported model, each atomically; returns the model file. With
+/// an `averaged` model (`--ema`), that is what is exported, and saved as `ema.bpk` beside the
+/// raw training state.
+fn save(model: &net::Net, averaged: Option<&net::Net>, config: &ModelConfig, step: usize, out: &std::path::Path, device: &Device) -> Result<Vec<u8>> {
     net::save_checkpoint(model, step, &out.join("checkpoint.bpk"))?;
-    let bytes = model.export(config, &device.clone().without_autodiff());
+    if let Some(a) = averaged {
+        net::save_checkpoint(a, step, &out.join("ema.bpk"))?;
+    }
+    let bytes = averaged.unwrap_or(model).export(config, &device.clone().without_autodiff());
     let tmp = out.join("model.caem.tmp");
     std::fs::write(&tmp, &bytes)?;
     std::fs::rename(&tmp, out.join("model.caem"))?;
@@ -428,12 +456,14 @@ fn save(model: &net::Net, config: &ModelConfig, step: usize, out: &std::path::Pa
 /// exported model just written to `best.bpk` / `best.step` / `best.caem`, so that a run whose
 /// real rate degrades (as one did when its hyperprior, trained on small crops only, stopped
 /// generalising to whole images) still leaves its best point behind.
-fn keep_best(out: &std::path::Path, step: usize, score: f64, best: &mut f64) -> Result<String> {
+fn keep_best(out: &std::path::Path, averaged: bool, step: usize, score: f64, best: &mut f64) -> Result<String> {
     if !(score < *best) {
         return Ok(format!(" (score {score:.4} at step {step}; best of this run {:.4})", *best));
     }
     *best = score;
-    for (from, to) in [("checkpoint.bpk", "best.bpk"), ("checkpoint.step", "best.step"), ("model.caem", "best.caem")] {
+    // The weights that were validated: the moving average where there is one.
+    let state = if averaged { "ema" } else { "checkpoint" };
+    for (from, to) in [(format!("{state}.bpk"), "best.bpk"), (format!("{state}.step"), "best.step"), ("model.caem".into(), "best.caem")] {
         let tmp = out.join(format!("{to}.tmp"));
         std::fs::copy(out.join(from), &tmp)?;
         std::fs::rename(&tmp, out.join(to))?;

@@ -178,6 +178,38 @@ impl Net {
     }
 }
 
+/// An exponential moving average of a model's parameters (Polyak averaging): with batches of
+/// two crops the weights of any one step carry the noise of its last few updates; their
+/// average over the last ~1/(1 − decay) updates does not.
+pub struct Ema {
+    decay: f32,
+    values: std::collections::HashMap<String, cae_nn::NamedTensor>,
+}
+
+impl Ema {
+    pub fn new(decay: f64) -> Self {
+        Ema { decay: decay as f32, values: Default::default() }
+    }
+
+    /// Fold the model's current parameters in (the first call takes them as they are).
+    pub fn update(&mut self, model: &Net) {
+        let d = self.decay;
+        for t in cae_nn::export_params(model) {
+            match self.values.get_mut(&t.name) {
+                Some(e) if e.shape == t.shape => e.values.iter_mut().zip(&t.values).for_each(|(a, &b)| *a = d * *a + (1.0 - d) * b),
+                _ => {
+                    self.values.insert(t.name.clone(), t);
+                }
+            }
+        }
+    }
+
+    /// `model` with the averaged parameters (`model` itself before the first update).
+    pub fn model(&self, model: &Net) -> Net {
+        cae_nn::import_params(model.clone(), &self.values).0
+    }
+}
+
 /// Save the full training state of the networks (f32) and the step count.
 pub fn save_checkpoint(model: &Net, step: usize, path: &Path) -> Result<()> {
     let tmp = path.with_extension("tmp.bpk");
@@ -239,6 +271,27 @@ mod tests {
         assert_eq!(sum(Some(Growing { from: 1, weight: 0.25 })), 14.0);
         assert_eq!(sum(Some(Growing { from: 1, weight: 0.0 })), 4.0);
         assert_eq!(sum(Some(Growing { from: 2, weight: 0.0 })), 44.0);
+    }
+
+    #[test]
+    fn the_average_follows_the_parameters_by_its_decay() {
+        let dev = Device::flex();
+        let cfg = ModelConfig { n: 4, m: 6, kernel: 5, gdn: true, lambdas: vec![0.01] };
+        let mut ema = Ema::new(0.75);
+        let (a, b) = (Net::new(&cfg, &dev), Net::new(&cfg, &dev));
+        ema.update(&a);
+        ema.update(&b);
+        let avg = cae_nn::export_params(&ema.model(&a));
+        let (pa, pb) = (cae_nn::export_params(&a), cae_nn::export_params(&b));
+        assert_eq!(avg.len(), pa.len());
+        for ((e, x), y) in avg.iter().zip(&pa).zip(&pb) {
+            for ((&e, &x), &y) in e.values.iter().zip(&x.values).zip(&y.values) {
+                assert!((e - (0.75 * x + 0.25 * y)).abs() <= 1e-6 * (1.0 + x.abs() + y.abs()), "{}: {e} {x} {y}", e);
+            }
+        }
+        // Two fresh networks differ, so the average is neither of them.
+        assert_ne!(avg[0].values, pa[0].values);
+        assert_ne!(avg[0].values, pb[0].values);
     }
 
     #[test]
