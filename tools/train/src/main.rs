@@ -118,8 +118,9 @@ struct Args {
     resume_m: Option<usize>,
     /// With --resume-m: the new channels' rate counts from 0 rising linearly to full weight
     /// over this many steps, so that they learn to carry something before they pay for it.
-    #[arg(long, default_value_t = 0, requires = "resume_m")]
-    grow_ramp: usize,
+    /// (An option without a default, so that a run file written without it reads back.)
+    #[arg(long, requires = "resume_m")]
+    grow_ramp: Option<usize>,
     /// Keep an exponential moving average of the weights, updated every 10 steps with this
     /// decay (0.99: an average over the last ~1,000 steps); validation, model.caem and best.*
     /// then use the average (out/ema.bpk), checkpoint.bpk stays the raw training state.
@@ -235,9 +236,9 @@ fn main() -> Result<()> {
         let lambda = config.lambdas[q];
         let x = data::batch(&images, args.batch, args.crop, &mut rng, &device);
         let input = if args.noise > 0.0 { data::add_noise(x.clone(), args.noise) } else { x.clone() };
-        let growing = args.resume_m.filter(|_| step - step0 < args.grow_ramp).map(|from| net::Growing {
+        let growing = args.resume_m.zip(args.grow_ramp).filter(|&(_, ramp)| step - step0 < ramp).map(|(from, ramp)| net::Growing {
             from,
-            weight: (step - step0) as f64 / args.grow_ramp as f64,
+            weight: (step - step0) as f64 / ramp as f64,
         });
         let out = model.forward_growing(input, x, q, args.decoder_noise, growing);
         let loss = out.mse.clone() * (lambda * 255.0 * 255.0) + out.bpp.clone();
@@ -414,6 +415,12 @@ mod tests {
         assert_eq!((again.lambdas.clone(), again.relu, again.out.clone()), (vec![0.01, 0.02], true, "out".into()));
         assert_eq!((again.crop, first.crop), (192, 256));
         assert_eq!(again.minutes, first.minutes);
+        // Options that require others (a grown latent's) read back too, set or not.
+        let grown = Args::parse_from(argv("caec-train --data a -o out --resume c.bpk --resume-m 96 --m 192 --grow-ramp 4000 --ema 0.99"));
+        std::fs::write(&run, toml::to_string(&grown).unwrap()).unwrap();
+        let again = Args::parse_from(expand_config(argv(&format!("caec-train --config {}", run.display()))).unwrap());
+        assert_eq!((again.resume_m, again.grow_ramp, again.ema, again.m), (Some(96), Some(4000), 0.99, 192));
+        std::fs::write(&run, toml::to_string(&first).unwrap()).unwrap();
         // A hand-written file: dashes or underscores, and an unknown key is an error from clap.
         std::fs::write(&run, "data = [\"x\"]\nout = \"o\"\nval-images = 2\n").unwrap();
         let a = Args::parse_from(expand_config(argv(&format!("caec-train --config={}", run.display()))).unwrap());
