@@ -14,8 +14,10 @@
 //! the distortion. New gains are the mean magnitude of their quality's old gains.
 //!
 //! Even so, the rate term kills new channels before they learn to carry anything (measured:
-//! after 3,000 steps their spread was 0.04 against ~1 for the old ones), so training ramps
-//! their rate in (`caec-train --grow-ramp`, [`crate::net::Growing`]).
+//! after 3,600 steps their spread was 0.04 against ~1 for the old ones), so training can ramp
+//! their rate in (`caec-train --grow-ramp`, [`crate::net::Growing`]). With the ramp they carry
+//! bits but had learnt nothing useful after 1,850 steps (the weights README has both runs):
+//! growing a latent takes far more training than one session on two cores.
 
 use cae_nn::NamedTensor;
 
@@ -70,11 +72,7 @@ pub fn widen_latent(old: &[NamedTensor], fresh: &[NamedTensor], m_old: usize, m_
                 (0..f.shape.len()).map(|a| axis_map(&f.name, a, o.shape[a], f.shape[a], m_old, m_new)).collect();
             let input = input_axis(&f.name);
             let is_new_input = |idx: &[usize]| input.is_some_and(|a| maps[a][idx[a]].is_none());
-            // RMS of the trained values and of the fresh values that become new outputs.
-            let rms = |v: &mut dyn Iterator<Item = f32>| {
-                let (sum, n) = v.fold((0f64, 0usize), |(s, n), x| (s + (x as f64).powi(2), n + 1));
-                if n == 0 { 0.0 } else { (sum / n as f64).sqrt() }
-            };
+            // The fresh values that become new outputs, rescaled to the trained values' RMS.
             let mut fresh_new_outputs = Vec::new();
             for_each_index(&f.shape, |flat, idx| {
                 if idx.iter().enumerate().any(|(a, &i)| maps[a][i].is_none()) && !is_new_input(idx) {
@@ -82,8 +80,8 @@ pub fn widen_latent(old: &[NamedTensor], fresh: &[NamedTensor], m_old: usize, m_
                 }
             });
             let rescale = if input.is_some() {
-                let fresh_rms = rms(&mut fresh_new_outputs.into_iter());
-                if fresh_rms > 0.0 { (rms(&mut o.values.iter().copied()) / fresh_rms) as f32 } else { 1.0 }
+                let fresh_rms = rms(&fresh_new_outputs);
+                if fresh_rms > 0.0 { (rms(&o.values) / fresh_rms) as f32 } else { 1.0 }
             } else {
                 1.0
             };
@@ -101,6 +99,14 @@ pub fn widen_latent(old: &[NamedTensor], fresh: &[NamedTensor], m_old: usize, m_
             Ok(NamedTensor { name: f.name.clone(), shape: f.shape.clone(), values })
         })
         .collect()
+}
+
+/// Root mean square (0 for no values).
+fn rms(values: &[f32]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    (values.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / values.len() as f64).sqrt()
 }
 
 /// Call `f(flat index, multi-index)` for every element of a row-major tensor of `shape`.
