@@ -14,7 +14,7 @@
 //! the distortion. New gains are the mean magnitude of their quality's old gains.
 //!
 //! Even so, the rate term kills new channels before they learn to carry anything (measured:
-//! after 3,600 steps their spread was 0.04 against ~1 for the old ones), so training can ramp
+//! after 3,000 steps their spread was 0.04 against ~1 for the old ones), so training can ramp
 //! their rate in (`caec-train --grow-ramp`, [`crate::net::Growing`]). With the ramp they carry
 //! bits but had learnt nothing useful after 1,850 steps (the weights README has both runs):
 //! growing a latent takes far more training than one session on two cores.
