@@ -231,6 +231,19 @@ fn main() -> Result<()> {
     let mut ema: Option<(f64, f64)> = None;
     let mut step = step0;
     let mut best = f64::INFINITY;
+    // Save the checkpoint and the model file, validate the weights exported (the moving
+    // average with --ema), keep the best: the validation line to print, if any.
+    let mut checkpoint = |model: &net::Net, average: Option<&net::Ema>, step: usize| -> Result<Option<String>> {
+        let averaged = average.map(|e| e.model(model));
+        let bytes = save(model, averaged.as_ref(), &config, step, &args.out, &device)?;
+        if val_images.is_empty() {
+            return Ok(None);
+        }
+        let validated = averaged.as_ref().unwrap_or(model);
+        let (summary, score) = validate(&bytes, validated, &config, &device, &val_images, args.noise, step, &mut val_log)?;
+        let note = keep_best(&args.out, averaged.is_some(), step, score, &mut best)?;
+        Ok(Some(format!("{summary}{note}")))
+    };
     while step < args.steps && start.elapsed() < budget && !stop.load(Ordering::SeqCst) {
         let q = rng.random_range(0..config.levels());
         let lambda = config.lambdas[q];
@@ -265,13 +278,8 @@ fn main() -> Result<()> {
         bar.set_message(format!("q{} loss {loss_v:.3} bpp~{:.3} psnr~{:.2}", q + 1, e.0, e.1));
         bar.inc(1);
         if last_ckpt.elapsed().as_secs_f64() > args.checkpoint_minutes * 60.0 {
-            let averaged = average.as_ref().map(|e| e.model(&model));
-            let bytes = save(&model, averaged.as_ref(), &config, step, &args.out, &device)?;
-            if !val_images.is_empty() {
-                let (summary, score) =
-                    validate(&bytes, averaged.as_ref().unwrap_or(&model), &config, &device, &val_images, args.noise, step, &mut val_log)?;
-                let note = keep_best(&args.out, average.is_some(), step, score, &mut best)?;
-                bar.suspend(|| eprintln!("{summary}{note}"));
+            if let Some(line) = checkpoint(&model, average.as_ref(), step)? {
+                bar.suspend(|| eprintln!("{line}"));
             }
             log.flush()?;
             if let Err(e) = plot::curves(&args.out) {
@@ -284,13 +292,8 @@ fn main() -> Result<()> {
     if stop.load(Ordering::SeqCst) {
         eprintln!("interrupted: saving a checkpoint at step {step}");
     }
-    let averaged = average.as_ref().map(|e| e.model(&model));
-    let bytes = save(&model, averaged.as_ref(), &config, step, &args.out, &device)?;
-    if !val_images.is_empty() {
-        let (summary, score) =
-            validate(&bytes, averaged.as_ref().unwrap_or(&model), &config, &device, &val_images, args.noise, step, &mut val_log)?;
-        let note = keep_best(&args.out, average.is_some(), step, score, &mut best)?;
-        eprintln!("{summary}{note}");
+    if let Some(line) = checkpoint(&model, average.as_ref(), step)? {
+        eprintln!("{line}");
     }
     log.flush()?;
     if let Err(e) = plot::curves(&args.out) {
