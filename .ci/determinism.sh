@@ -2,7 +2,7 @@
 # Decoding must not depend on the thread count or on burn-flex's SIMD kernels: a file
 # encoded once must entropy-decode to identical symbols (and table indices) and to pixels
 # within one level with RAYON_NUM_THREADS=1/2/4, in a debug build with `simd`, one without,
-# and a release build.
+# a release build, and the release build on the convolutions' im2col path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bin caec
@@ -20,12 +20,14 @@ else
 fi
 "$simd" compress "$input" "$tmp/x.cae"
 ref=""
-for build in debug:target/debug/caec nosimd:target/nosimd/debug/caec release:target/release/caec; do
+# "im2col": the convolutions' im2col path instead of the direct product's AVX2 kernel.
+for build in debug:target/debug/caec nosimd:target/nosimd/debug/caec release:target/release/caec im2col:target/release/caec; do
   name=${build%%:*}; bin=${build#*:}
+  env=(); [ "$name" = im2col ] && env=(CAEC_NO_DIRECT_CONV=1)
   for t in 1 2 4; do
-    sym=$(RAYON_NUM_THREADS=$t "$bin" digest "$tmp/x.cae" | awk '/^symbols/ {print $2}')
+    sym=$(env "${env[@]}" RAYON_NUM_THREADS=$t "$bin" digest "$tmp/x.cae" | awk '/^symbols/ {print $2}')
     out="$tmp/$t-$name.png"
-    RAYON_NUM_THREADS=$t "$bin" decompress "$tmp/x.cae" "$out"
+    env "${env[@]}" RAYON_NUM_THREADS=$t "$bin" decompress "$tmp/x.cae" "$out"
     if [ -z "$ref" ]; then ref=$sym; first=$out; fi
     if [ "$sym" != "$ref" ]; then
       echo "determinism: FAILED: symbols differ for $bin with $t threads" >&2; exit 1

@@ -1,11 +1,13 @@
 //! What the encoder and decoder networks share: the model configuration, GDN / inverse GDN,
 //! the per-quality gain vectors of the variable-rate model, and the learned factorized
 //! density of the hyper-latent.
-#![forbid(unsafe_code)]
+// Unsafe code only in `direct`'s SIMD micro-kernel, behind checked bounds.
+#![deny(unsafe_code)]
 
 mod config;
 mod conv_op;
 mod density;
+mod direct;
 mod fastconv;
 mod flex_ops;
 mod gdn;

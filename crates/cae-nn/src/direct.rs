@@ -1,0 +1,297 @@
+//! Convolution as a matrix product that reads the input planes directly (no im2col block, no
+//! packing of it): the product's right-hand matrix has one row per tap (input channel, dy, dx),
+//! and the NR pixels of one output row that a tap meets are a contiguous run of a zero-padded,
+//! phase-split input line ([`Padded`]). A table of per-tap offsets into the padded planes,
+//! built once per output row, replaces the im2col copy; the weights are packed once per call
+//! into tiles of MR output channels ([`Packed`]). The micro-kernel (AVX2 + FMA, the only
+//! unsafe code of this crate) accumulates an MR x NR tile over a block of taps.
+//!
+//! Used by [`crate::fastconv`] where the CPU has AVX2 and FMA; elsewhere the im2col path runs.
+
+use ndarray::ArrayView2;
+use rayon::prelude::*;
+
+/// Output channels per micro-tile.
+pub(crate) const MR: usize = 6;
+/// Output pixels per micro-tile (two AVX2 vectors): the codec's layers are multiples of 16
+/// wide (768x512 images, 256x256 training crops), so no tile is partly wasted there.
+pub(crate) const NR: usize = 16;
+/// Taps per block: a block's input runs (KC x NR floats, 1–2 cache lines each) stay in L1
+/// while every tile of output channels uses them.
+const KC: usize = 128;
+
+/// Whether convolutions take the direct product with its SIMD micro-kernel: where the CPU has
+/// AVX2 and FMA, unless the environment sets `CAEC_NO_DIRECT_CONV` (to compare against the
+/// im2col path, as `.ci/determinism.sh` does).
+pub(crate) fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| simd() && std::env::var_os("CAEC_NO_DIRECT_CONV").is_none())
+}
+
+fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Weights `[c_out, K]` packed per block of KC taps, and within a block per tile of MR output
+/// channels: the block from tap `k0` (`kc` taps) starts at `k0·tiles·MR`, its tile `t` at
+/// `+ t·kc·MR`, and holds `w[t·MR + r, k0 + i]` at `+ i·MR + r` (zero past `c_out`), so one
+/// block's weights for all tiles are contiguous.
+pub(crate) struct Packed {
+    data: Vec<f32>,
+    k: usize,
+    c_out: usize,
+}
+
+impl Packed {
+    pub(crate) fn new(w: ArrayView2<'_, f32>) -> Self {
+        let (c_out, k) = w.dim();
+        let tiles = c_out.div_ceil(MR);
+        let mut data = vec![0f32; tiles * k * MR];
+        for ((co, kk), &v) in w.indexed_iter() {
+            let (k0, i) = (kk / KC * KC, kk % KC);
+            let kc = KC.min(k - k0);
+            data[k0 * tiles * MR + (co / MR) * kc * MR + i * MR + co % MR] = v;
+        }
+        Packed { data, k, c_out }
+    }
+
+    fn tiles(&self) -> usize {
+        self.c_out.div_ceil(MR)
+    }
+
+    /// The weights of the block of taps from `k0`.
+    fn block(&self, k0: usize) -> &[f32] {
+        let kc = KC.min(self.k - k0);
+        &self.data[k0 * self.tiles() * MR..(k0 + kc) * self.tiles() * MR]
+    }
+}
+
+/// Input planes `[c, h, w]` split by column phase modulo `stride` (as im2col's planes are) with
+/// every phase line zero-padded: line (c, iy, phase) holds its `⌈w / stride⌉` values at
+/// `left ..`, zeros around them, `width` floats in all; one more line of zeros at the end
+/// stands for the rows outside the input. Sized so that every run of NR values a tap reads for
+/// output columns below `⌈w_out / NR⌉·NR` lies inside one line.
+pub(crate) struct Padded {
+    data: Vec<f32>,
+    c: usize,
+    h: usize,
+    stride: usize,
+    left: usize,
+    width: usize,
+}
+
+impl Padded {
+    /// `dx`: the column offsets of the taps (any phase); `w_out`: the widest output row.
+    pub(crate) fn new(x: &[f32], c: usize, h: usize, w: usize, stride: usize, dx: &[isize], w_out: usize) -> Self {
+        assert_eq!(x.len(), c * h * w, "input planes");
+        let s = stride as isize;
+        let wp = w.div_ceil(stride);
+        let shift_min = dx.iter().map(|&d| d.div_euclid(s)).min().unwrap_or(0);
+        let shift_max = dx.iter().map(|&d| d.div_euclid(s)).max().unwrap_or(0);
+        let left = (-shift_min).max(0) as usize;
+        let runs_end = w_out.div_ceil(NR) * NR;
+        let width = left + wp.max((shift_max + runs_end as isize).max(0) as usize);
+        let mut data = vec![0f32; (c * h * stride + 1) * width];
+        data.par_chunks_mut(h * stride * width).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
+            for (lines, row) in out.chunks_mut(stride * width).zip(plane.chunks(w)) {
+                for (phase, line) in lines.chunks_mut(width).enumerate() {
+                    for (o, &v) in line[left..].iter_mut().zip(row.iter().skip(phase).step_by(stride)) {
+                        *o = v;
+                    }
+                }
+            }
+        });
+        Padded { data, c, h, stride, left, width }
+    }
+
+    /// Where output column 0 of tap (ci, iy, dx) reads: the zero line when row `iy` is outside.
+    fn offset(&self, ci: usize, iy: isize, dx: isize) -> usize {
+        let s = self.stride as isize;
+        let line = if iy < 0 || iy >= self.h as isize {
+            self.c * self.h * self.stride
+        } else {
+            (ci * self.h + iy as usize) * self.stride + dx.rem_euclid(s) as usize
+        };
+        line * self.width + (self.left as isize + dx.div_euclid(s)) as usize
+    }
+}
+
+/// Reused buffers of one worker.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    offsets: Vec<usize>,
+    row: Vec<f32>,
+}
+
+/// For output rows `rows`: `emit(r, values, stride)` once per row, with `values[co·stride + x]`
+/// for output channel `co`, row `rows.start + r`, column `x < w_out` = Σ over taps (ci, dy, dx),
+/// in `w`'s column order (ci, then dy, then dx), of `w[co, tap] · input[ci, (rows.start +
+/// r)·stride + dy, x·stride + dx]` (zero outside the input): what im2col + GEMM compute.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn product(input: &Padded, w: &Packed, dy: &[isize], dx: &[isize], rows: std::ops::Range<usize>, w_out: usize, buf: &mut Buffers, mut emit: impl FnMut(usize, &[f32], usize)) {
+    let k = w.k;
+    assert_eq!(k, input.c * dy.len() * dx.len(), "direct product: taps and weights");
+    let ld = w_out.div_ceil(NR) * NR;
+    buf.offsets.resize(k, 0);
+    buf.row.resize(w.tiles() * MR * ld, 0.0);
+    let s = input.stride as isize;
+    for (r, oy) in rows.enumerate() {
+        let mut i = 0;
+        for ci in 0..input.c {
+            for &ty in dy {
+                let iy = oy as isize * s + ty;
+                for &tx in dx {
+                    buf.offsets[i] = input.offset(ci, iy, tx);
+                    i += 1;
+                }
+            }
+        }
+        for k0 in (0..k).step_by(KC) {
+            let offsets = &buf.offsets[k0..(k0 + KC).min(k)];
+            for x0 in (0..w_out).step_by(NR) {
+                accumulate(w.block(k0), offsets, &input.data[x0..], &mut buf.row[x0..], ld, k0 == 0);
+            }
+        }
+        emit(r, &buf.row, ld);
+    }
+}
+
+/// For every tile t (`a` holds `tiles` blocks of kc·MR weights, kc = `offsets.len()`): the MR
+/// x NR values `c[(t·MR + r)·ld + j]` (r < MR, j < NR) become (`first`: 0, else themselves) +
+/// Σ_i a[t·kc·MR + i·MR + r] · b[offsets[i] + j]. Checked: every value read or written lies in
+/// `a`, `b` and `c`.
+fn accumulate(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], ld: usize, first: bool) {
+    let kc = offsets.len();
+    let tiles = if kc == 0 { 0 } else { a.len() / (kc * MR) };
+    assert!(a.len() == tiles * kc * MR && ld >= NR, "micro-kernel shapes");
+    assert!(tiles == 0 || (tiles * MR - 1) * ld + NR <= c.len(), "micro-kernel: a tile outside the result");
+    let last = offsets.iter().copied().max().unwrap_or(0);
+    assert!(kc == 0 || last + NR <= b.len(), "micro-kernel: a run outside the input");
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        for (t, a) in a.chunks_exact(kc.max(1) * MR).enumerate() {
+            // SAFETY: AVX2 and FMA are present (checked just above); every read is inside `a`
+            // (kc·MR floats per tile), `b` (offsets[i] + NR ≤ b.len(), checked) and every
+            // read or write of the tile inside `c` (checked for the last tile).
+            #[allow(unsafe_code)]
+            unsafe {
+                avx2::kernel(kc, a.as_ptr(), offsets.as_ptr(), b.as_ptr(), c.as_mut_ptr().add(t * MR * ld), ld, first);
+            }
+        }
+        return;
+    }
+    accumulate_portable(a, offsets, b, c, ld, first);
+}
+
+/// [`accumulate`] without SIMD intrinsics.
+fn accumulate_portable(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], ld: usize, first: bool) {
+    let kc = offsets.len();
+    for (t, a) in a.chunks_exact(kc.max(1) * MR).enumerate() {
+        for r in 0..MR {
+            let row = &mut c[(t * MR + r) * ld..(t * MR + r) * ld + NR];
+            if first {
+                row.fill(0.0);
+            }
+            for (i, &o) in offsets.iter().enumerate() {
+                let av = a[i * MR + r];
+                for (t, &bv) in row.iter_mut().zip(&b[o..o + NR]) {
+                    *t += av * bv;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// The MR x NR tile at `c` (row r at `c + r·ld`), from zero (`first`) or from its values,
+    /// plus Σ over `kc` taps of `a` (MR weights per tap) times the NR values at `b + offsets[i]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `a` holds `kc·MR` floats, `offsets` `kc` entries,
+    /// `b + offsets[i] .. + NR` is readable for each, `c + r·ld .. + NR` is writable for r < MR.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel(kc: usize, a: *const f32, offsets: *const usize, b: *const f32, c: *mut f32, ld: usize, first: bool) {
+        const { assert!(MR == 6 && NR == 16) };
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            if !first {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm256_loadu_ps(c.add(r * ld));
+                    acc[1] = _mm256_loadu_ps(c.add(r * ld + 8));
+                }
+            }
+            for i in 0..kc {
+                let p = b.add(*offsets.add(i));
+                let b0 = _mm256_loadu_ps(p);
+                let b1 = _mm256_loadu_ps(p.add(8));
+                let w = a.add(i * MR);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let ar = _mm256_broadcast_ss(&*w.add(r));
+                    acc[0] = _mm256_fmadd_ps(ar, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(ar, b1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(c.add(r * ld), acc[0]);
+                _mm256_storeu_ps(c.add(r * ld + 8), acc[1]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micro_kernel_matches_the_portable_loop() {
+        let mut state = 99u32;
+        let mut random = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        // Two tiles in a result of row stride 40, from zero and accumulating.
+        for (kc, first) in [(1, true), (7, false), (128, true), (128, false)] {
+            let a = random(2 * kc * MR);
+            let b = random(1000);
+            let offsets: Vec<usize> = (0..kc).map(|i| (i * 37) % (1000 - NR)).collect();
+            let start = random(2 * MR * 40);
+            let (mut fast, mut plain) = (start.clone(), start);
+            accumulate(&a, &offsets, &b, &mut fast, 40, first);
+            accumulate_portable(&a, &offsets, &b, &mut plain, 40, first);
+            for (i, (p, q)) in fast.iter().zip(&plain).enumerate() {
+                assert!((p - q).abs() <= 1e-5, "kc {kc}, element {i}: {p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the input")]
+    fn a_run_past_the_input_is_refused() {
+        let mut c = vec![0f32; MR * NR];
+        accumulate(&[0.0; MR], &[10], &[0.0; 20], &mut c, NR, true);
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the result")]
+    fn a_tile_past_the_result_is_refused() {
+        let mut c = vec![0f32; MR * NR - 1];
+        accumulate(&[0.0; MR], &[0], &[0.0; 20], &mut c, NR, true);
+    }
+}
