@@ -190,6 +190,93 @@ fn accumulate(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], ld: usize,
     accumulate_portable(a, offsets, b, c, ld, first);
 }
 
+/// Rows of `small` per weight-gradient tile (MA) and taps per tile (NK); pixels go by 8.
+const MA: usize = 3;
+const NK: usize = 4;
+
+/// The weight-gradient product of one band: `out[a·K + tap]` (K taps in `dy`/`dx` order per
+/// input channel, as [`product`]) = Σ over rows `rows` of the `small` grid (`[c_a, hs, ws]`,
+/// one image) and its columns x of `small[a, y, x] · input[ci, y·stride + dy, x·stride + dx]`
+/// (zero outside the input). `input` must be padded for an output `ws` wide.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usize, ws: usize, dy: &[isize], dx: &[isize], rows: std::ops::Range<usize>, buf: &mut Buffers, out: &mut [f32]) {
+    let k = input.c * dy.len() * dx.len();
+    assert_eq!(small.len(), c_a * hs * ws, "weight product: small planes");
+    assert_eq!(out.len(), c_a * k, "weight product: result");
+    let (n, wpad) = (rows.len(), ws.div_ceil(8) * 8);
+    let (a_pad, k_pad) = (c_a.div_ceil(MA) * MA, k.div_ceil(NK) * NK);
+    // The band of `small`, rows padded to a multiple of 8 and channels to one of MA with zeros.
+    buf.row.clear();
+    buf.row.resize(a_pad * n * wpad, 0.0);
+    for a in 0..c_a {
+        for (r, y) in rows.clone().enumerate() {
+            buf.row[(a * n + r) * wpad..][..ws].copy_from_slice(&small[(a * hs + y) * ws..][..ws]);
+        }
+    }
+    // Offsets per row, taps padded to a multiple of NK with the zero line.
+    let zero = input.offset(0, -1, 0);
+    buf.offsets.clear();
+    buf.offsets.resize(n * k_pad, zero);
+    let s = input.stride as isize;
+    for (r, y) in rows.enumerate() {
+        let mut i = r * k_pad;
+        for ci in 0..input.c {
+            for &ty in dy {
+                for &tx in dx {
+                    buf.offsets[i] = input.offset(ci, y as isize * s + ty, tx);
+                    i += 1;
+                }
+            }
+        }
+    }
+    let last = buf.offsets.iter().copied().max().unwrap_or(0);
+    assert!(last + wpad <= input.data.len(), "weight product: a run outside the input");
+    let mut sums = [[0f32; NK]; MA];
+    for k0 in (0..k_pad).step_by(NK) {
+        for a0 in (0..a_pad).step_by(MA) {
+            let block = &buf.row[a0 * n * wpad..(a0 + MA) * n * wpad];
+            dot_tile(block, n, wpad, &buf.offsets, k_pad, k0, &input.data, &mut sums);
+            for (i, row) in sums.iter().enumerate().filter(|(i, _)| a0 + i < c_a) {
+                for (j, &v) in row.iter().enumerate().filter(|(j, _)| k0 + j < k) {
+                    out[(a0 + i) * k + k0 + j] += v;
+                }
+            }
+        }
+    }
+}
+
+/// `sums[i][j]` = Σ over rows r < n and x < wpad of `block[(i·n + r)·wpad + x] ·
+/// b[offsets[r·ld + k0 + j] + x]`. Checked: every read lies in `block`, `offsets` and `b`.
+#[allow(clippy::too_many_arguments)]
+fn dot_tile(block: &[f32], n: usize, wpad: usize, offsets: &[usize], ld: usize, k0: usize, b: &[f32], sums: &mut [[f32; NK]; MA]) {
+    assert!(wpad % 8 == 0 && block.len() == MA * n * wpad && k0 + NK <= ld && (n == 0 || (n - 1) * ld + k0 + NK <= offsets.len()), "dot tile shapes");
+    for r in 0..n {
+        for j in 0..NK {
+            assert!(offsets[r * ld + k0 + j] + wpad <= b.len(), "dot tile: a run outside the input");
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2 and FMA are present; every read is inside `block` (MA·n·wpad floats),
+        // `offsets` and `b` (offsets + wpad ≤ b.len()), all checked above.
+        #[allow(unsafe_code)]
+        unsafe {
+            avx2::dot_tile(block.as_ptr(), n, wpad, offsets.as_ptr().add(k0), ld, b.as_ptr(), sums);
+        }
+        return;
+    }
+    *sums = [[0.0; NK]; MA];
+    for r in 0..n {
+        for (i, row) in sums.iter_mut().enumerate() {
+            let a = &block[(i * n + r) * wpad..][..wpad];
+            for (j, v) in row.iter_mut().enumerate() {
+                let o = offsets[r * ld + k0 + j];
+                *v += a.iter().zip(&b[o..o + wpad]).map(|(p, q)| p * q).sum::<f32>();
+            }
+        }
+    }
+}
+
 /// [`accumulate`] without SIMD intrinsics.
 fn accumulate_portable(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], ld: usize, first: bool) {
     let kc = offsets.len();
@@ -249,6 +336,49 @@ mod avx2 {
             }
         }
     }
+
+    /// See [`super::dot_tile`]: 3 x 4 vector accumulators over 8 pixels at a time, reduced to
+    /// sums at the end.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `block` holds MA·n·wpad floats (`wpad` a multiple of 8),
+    /// `offsets + r·ld + j` (r < n, j < NK) is readable, and so is `b + offset .. + wpad` for each.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_tile(block: *const f32, n: usize, wpad: usize, offsets: *const usize, ld: usize, b: *const f32, sums: &mut [[f32; super::NK]; super::MA]) {
+        use super::{MA, NK};
+        const { assert!(MA == 3 && NK == 4) };
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NK]; MA];
+            for r in 0..n {
+                let o = offsets.add(r * ld);
+                let bs = [b.add(*o), b.add(*o.add(1)), b.add(*o.add(2)), b.add(*o.add(3))];
+                let a0 = block.add(r * wpad);
+                let a1 = block.add((n + r) * wpad);
+                let a2 = block.add((2 * n + r) * wpad);
+                let mut x = 0;
+                while x < wpad {
+                    let s0 = _mm256_loadu_ps(a0.add(x));
+                    let s1 = _mm256_loadu_ps(a1.add(x));
+                    let s2 = _mm256_loadu_ps(a2.add(x));
+                    for (j, bj) in bs.iter().enumerate() {
+                        let v = _mm256_loadu_ps(bj.add(x));
+                        acc[0][j] = _mm256_fmadd_ps(s0, v, acc[0][j]);
+                        acc[1][j] = _mm256_fmadd_ps(s1, v, acc[1][j]);
+                        acc[2][j] = _mm256_fmadd_ps(s2, v, acc[2][j]);
+                    }
+                    x += 8;
+                }
+            }
+            for (row, acc) in sums.iter_mut().zip(&acc) {
+                for (v, a) in row.iter_mut().zip(acc) {
+                    let h = _mm_add_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps(*a, 1));
+                    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+                    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+                    *v = _mm_cvtss_f32(h);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +407,34 @@ mod tests {
             accumulate_portable(&a, &offsets, &b, &mut plain, 40, first);
             for (i, (p, q)) in fast.iter().zip(&plain).enumerate() {
                 assert!((p - q).abs() <= 1e-5, "kc {kc}, element {i}: {p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn dot_tile_matches_a_plain_sum() {
+        let mut state = 7u32;
+        let mut random = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        let (n, wpad, ld, k0) = (3, 24, 10, 4);
+        let block = random(MA * n * wpad);
+        let b = random(500);
+        let offsets: Vec<usize> = (0..n * ld).map(|i| (i * 53) % (500 - wpad)).collect();
+        let mut sums = [[0f32; NK]; MA];
+        dot_tile(&block, n, wpad, &offsets, ld, k0, &b, &mut sums);
+        for (i, row) in sums.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let want: f64 = (0..n)
+                    .flat_map(|r| (0..wpad).map(move |x| (r, x)))
+                    .map(|(r, x)| block[(i * n + r) * wpad + x] as f64 * b[offsets[r * ld + k0 + j] + x] as f64)
+                    .sum();
+                assert!((v as f64 - want).abs() <= 1e-5, "sum {i},{j}: {v} vs {want}");
             }
         }
     }

@@ -307,6 +307,12 @@ fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight:
 /// The bands' partial products are added in band order, so the sum does not depend on the
 /// number of threads.
 pub fn weight_grad(small: &[f32], small_dims: [usize; 4], big: &[f32], big_dims: [usize; 4], k: usize, stride: usize, pad: usize) -> Vec<f32> {
+    weight_grad_using(direct::available(), small, small_dims, big, big_dims, k, stride, pad)
+}
+
+/// [`weight_grad`] through the direct product or through im2col (see [`conv2d_using`]).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad_using(use_direct: bool, small: &[f32], small_dims: [usize; 4], big: &[f32], big_dims: [usize; 4], k: usize, stride: usize, pad: usize) -> Vec<f32> {
     let [b, c_a, hs, ws] = small_dims;
     let [b2, c_b, h, w] = big_dims;
     assert_eq!(b, b2, "weight_grad: batch sizes");
@@ -322,7 +328,13 @@ pub fn weight_grad(small: &[f32], small_dims: [usize; 4], big: &[f32], big_dims:
     let rows = (2 * PIXELS / ws).max(1);
     let jobs: Vec<(usize, std::ops::Range<usize>)> =
         (0..b).flat_map(|i| (0..hs).step_by(rows).map(move |r| (i, r..(r + rows).min(hs)))).collect();
-    let planes: Vec<Planes<'_>> = big.chunks(c_b * h * w).map(|x| Planes::new(x, c_b, h, w, stride)).collect();
+    let inputs: Vec<Input<'_>> = big
+        .chunks(c_b * h * w)
+        .map(|x| match use_direct {
+            true => Input::Padded(direct::Padded::new(x, c_b, h, w, stride, &offsets, ws)),
+            false => Input::Planes(Planes::new(x, c_b, h, w, stride)),
+        })
+        .collect();
     // Bands in groups of a few per thread, each group's partial products added to the total in
     // band order before the next group starts: the order of the sum is fixed whatever the group
     // size, and at most one group's partials are held at a time.
@@ -332,12 +344,21 @@ pub fn weight_grad(small: &[f32], small_dims: [usize; 4], big: &[f32], big_dims:
             .par_iter()
             .map_init(Scratch::default, |scratch, (i, band)| {
                 let (i, band) = (*i, band.clone());
-                let a = ArrayView2::from_shape((c_a, hs * ws), &small[i * c_a * hs * ws..(i + 1) * c_a * hs * ws]).expect("small planes");
-                let a = a.slice_axis(Axis(1), ndarray::Slice::from(band.start * ws..band.end * ws));
-                let (mut col, _) = scratch.views(kk, 0, band.len() * ws);
-                im2col(&planes[i], &taps, band, ws, &mut col);
+                let image = &small[i * c_a * hs * ws..(i + 1) * c_a * hs * ws];
                 let mut part = Array2::<f32>::zeros((c_a, kk));
-                ndarray::linalg::general_mat_mul(1.0, &a, &col.t(), 0.0, &mut part);
+                match &inputs[i] {
+                    Input::Padded(input) => {
+                        let out = part.as_slice_mut().expect("contiguous partial product");
+                        direct::weight_product(input, image, c_a, hs, ws, &offsets, &offsets, band, &mut scratch.direct, out);
+                    }
+                    Input::Planes(input) => {
+                        let a = ArrayView2::from_shape((c_a, hs * ws), image).expect("small planes");
+                        let a = a.slice_axis(Axis(1), ndarray::Slice::from(band.start * ws..band.end * ws));
+                        let (mut col, _) = scratch.views(kk, 0, band.len() * ws);
+                        im2col(input, &taps, band, ws, &mut col);
+                        ndarray::linalg::general_mat_mul(1.0, &a, &col.t(), 0.0, &mut part);
+                    }
+                }
                 part
             })
             .collect();
@@ -546,6 +567,11 @@ mod tests {
             let b = conv2d_using(false, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, k / 2);
             assert_eq!(a.1, b.1);
             close(&a.0, &b.0, &format!("direct conv {c_in}->{c_out} k{k} s{stride} {h}x{w}"));
+            // The weight gradient for an output gradient of the output's shape.
+            let dy = random(a.0.len());
+            let wa = weight_grad_using(true, &dy, a.1, &x, [2, c_in, h, w], k, stride, k / 2);
+            let wb = weight_grad_using(false, &dy, a.1, &x, [2, c_in, h, w], k, stride, k / 2);
+            close(&wa, &wb, &format!("direct weight gradient {c_in}->{c_out} k{k} s{stride} {h}x{w}"));
         }
         for (c_in, c_out, k, h, w, pad_out) in [(6, 3, 5, 11, 17, 1), (8, 8, 5, 4, 6, 1), (5, 4, 3, 7, 5, 1), (4, 3, 5, 1, 1, 1), (4, 17, 5, 13, 200, 1), (5, 6, 5, 7, 30, 0)] {
             let (x, wt, bias) = (random(2 * c_in * h * w), random(c_in * c_out * k * k), random(c_out));
