@@ -25,9 +25,9 @@ for build in debug:target/debug/caec nosimd:target/nosimd/debug/caec release:tar
   name=${build%%:*}; bin=${build#*:}
   env=(); [ "$name" = im2col ] && env=(CAEC_NO_DIRECT_CONV=1)
   for t in 1 2 4; do
-    sym=$(env "${env[@]}" RAYON_NUM_THREADS=$t "$bin" digest "$tmp/x.cae" | awk '/^symbols/ {print $2}')
+    sym=$(env ${env[@]+"${env[@]}"} RAYON_NUM_THREADS=$t "$bin" digest "$tmp/x.cae" | awk '/^symbols/ {print $2}')
     out="$tmp/$t-$name.png"
-    env "${env[@]}" RAYON_NUM_THREADS=$t "$bin" decompress "$tmp/x.cae" "$out"
+    env ${env[@]+"${env[@]}"} RAYON_NUM_THREADS=$t "$bin" decompress "$tmp/x.cae" "$out"
     if [ -z "$ref" ]; then ref=$sym; first=$out; fi
     if [ "$sym" != "$ref" ]; then
       echo "determinism: FAILED: symbols differ for $bin with $t threads" >&2; exit 1

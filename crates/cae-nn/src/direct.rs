@@ -111,15 +111,19 @@ impl Padded {
         Padded { data, c, h, stride, left, width }
     }
 
+    /// The start of the line of zeros (the last line, `width` ≥ every run's length).
+    fn zero_line(&self) -> usize {
+        self.c * self.h * self.stride * self.width
+    }
+
     /// Where output column 0 of tap (ci, iy, dx) reads: the zero line when row `iy` is outside.
     fn offset(&self, ci: usize, iy: isize, dx: isize) -> usize {
         let s = self.stride as isize;
-        let line = if iy < 0 || iy >= self.h as isize {
-            self.c * self.h * self.stride
-        } else {
-            (ci * self.h + iy as usize) * self.stride + dx.rem_euclid(s) as usize
-        };
-        line * self.width + (self.left as isize + dx.div_euclid(s)) as usize
+        let column = (self.left as isize + dx.div_euclid(s)) as usize;
+        if iy < 0 || iy >= self.h as isize {
+            return self.zero_line() + column;
+        }
+        ((ci * self.h + iy as usize) * self.stride + dx.rem_euclid(s) as usize) * self.width + column
     }
 }
 
@@ -152,6 +156,10 @@ pub(crate) fn product(input: &Padded, w: &Packed, dy: &[isize], dx: &[isize], ro
                     i += 1;
                 }
             }
+        }
+        if k == 0 {
+            // A phase of a transposed convolution that meets no tap (kernel smaller than the stride).
+            buf.row.fill(0.0);
         }
         for k0 in (0..k).step_by(KC) {
             let offsets = &buf.offsets[k0..(k0 + KC).min(k)];
@@ -213,8 +221,9 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
             buf.row[(a * n + r) * wpad..][..ws].copy_from_slice(&small[(a * hs + y) * ws..][..ws]);
         }
     }
-    // Offsets per row, taps padded to a multiple of NK with the zero line.
-    let zero = input.offset(0, -1, 0);
+    // Offsets per row, taps padded to a multiple of NK with the start of the zero line (at least
+    // `wpad` floats long).
+    let zero = input.zero_line();
     buf.offsets.clear();
     buf.offsets.resize(n * k_pad, zero);
     let s = input.stride as isize;
@@ -249,7 +258,7 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
 /// b[offsets[r·ld + k0 + j] + x]`. Checked: every read lies in `block`, `offsets` and `b`.
 #[allow(clippy::too_many_arguments)]
 fn dot_tile(block: &[f32], n: usize, wpad: usize, offsets: &[usize], ld: usize, k0: usize, b: &[f32], sums: &mut [[f32; NK]; MA]) {
-    assert!(wpad % 8 == 0 && block.len() == MA * n * wpad && k0 + NK <= ld && (n == 0 || (n - 1) * ld + k0 + NK <= offsets.len()), "dot tile shapes");
+    assert!(wpad % 8 == 0 && block.len() == MA * n * wpad && k0 + NK <= ld && n * ld <= offsets.len(), "dot tile shapes");
     for r in 0..n {
         for j in 0..NK {
             assert!(offsets[r * ld + k0 + j] + wpad <= b.len(), "dot tile: a run outside the input");

@@ -551,7 +551,9 @@ mod tests {
         // The direct product runs wherever the CPU has AVX2 + FMA, so burn-comparison tests on
         // such a machine check it; this checks it against the im2col path on the same shapes
         // (and the portable micro-kernel where there is no AVX2), including widths that are
-        // not multiples of the micro-tile's 24 pixels and output channels not of its 4.
+        // not multiples of the micro-tile's 16 pixels and output channels not of its 6, and
+        // kernels smaller than the padding or the stride (taps only outside the input; phases
+        // of a transposed convolution that meet no tap).
         let mut rng = 12345u64;
         let mut random = |n: usize| -> Vec<f32> {
             (0..n)
@@ -561,19 +563,29 @@ mod tests {
                 })
                 .collect()
         };
-        for (c_in, c_out, k, stride, h, w) in [(3, 8, 5, 2, 21, 34), (8, 6, 5, 2, 16, 16), (5, 7, 3, 1, 9, 13), (4, 4, 5, 2, 1, 3), (6, 5, 5, 2, 40, 3), (4, 6, 5, 2, 9, 800), (3, 6, 9, 2, 20, 23), (16, 9, 5, 2, 30, 97)] {
+        for (c_in, c_out, k, stride, h, w, pad) in [
+            (3, 8, 5, 2, 21, 34, 2),
+            (8, 6, 5, 2, 16, 16, 2),
+            (5, 7, 3, 1, 9, 13, 1),
+            (4, 4, 5, 2, 1, 3, 2),
+            (6, 5, 5, 2, 40, 3, 2),
+            (4, 6, 5, 2, 9, 800, 2),
+            (3, 6, 9, 2, 20, 23, 4),
+            (16, 9, 5, 2, 30, 97, 2),
+            (3, 5, 1, 1, 6, 14, 1),
+        ] {
             let (x, wt, bias) = (random(2 * c_in * h * w), random(c_out * c_in * k * k), random(c_out));
-            let a = conv2d_using(true, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, k / 2);
-            let b = conv2d_using(false, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, k / 2);
+            let a = conv2d_using(true, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, pad);
+            let b = conv2d_using(false, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, pad);
             assert_eq!(a.1, b.1);
             close(&a.0, &b.0, &format!("direct conv {c_in}->{c_out} k{k} s{stride} {h}x{w}"));
             // The weight gradient for an output gradient of the output's shape.
             let dy = random(a.0.len());
-            let wa = weight_grad_using(true, &dy, a.1, &x, [2, c_in, h, w], k, stride, k / 2);
-            let wb = weight_grad_using(false, &dy, a.1, &x, [2, c_in, h, w], k, stride, k / 2);
+            let wa = weight_grad_using(true, &dy, a.1, &x, [2, c_in, h, w], k, stride, pad);
+            let wb = weight_grad_using(false, &dy, a.1, &x, [2, c_in, h, w], k, stride, pad);
             close(&wa, &wb, &format!("direct weight gradient {c_in}->{c_out} k{k} s{stride} {h}x{w}"));
         }
-        for (c_in, c_out, k, h, w, pad_out) in [(6, 3, 5, 11, 17, 1), (8, 8, 5, 4, 6, 1), (5, 4, 3, 7, 5, 1), (4, 3, 5, 1, 1, 1), (4, 17, 5, 13, 200, 1), (5, 6, 5, 7, 30, 0)] {
+        for (c_in, c_out, k, h, w, pad_out) in [(6, 3, 5, 11, 17, 1), (8, 8, 5, 4, 6, 1), (5, 4, 3, 7, 5, 1), (4, 3, 5, 1, 1, 1), (4, 17, 5, 13, 200, 1), (5, 6, 5, 7, 30, 0), (3, 4, 1, 5, 9, 1)] {
             let (x, wt, bias) = (random(2 * c_in * h * w), random(c_in * c_out * k * k), random(c_out));
             let a = conv_transpose2d_using(true, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, 2, k / 2, pad_out);
             let b = conv_transpose2d_using(false, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, 2, k / 2, pad_out);
