@@ -171,6 +171,28 @@ pub(crate) fn product(input: &Padded, w: &Packed, dy: &[isize], dx: &[isize], ro
     }
 }
 
+/// The plain matrix product `w · b` for `b` = `[K, ldb]` (row j of `b` at `j·ldb`), columns
+/// `x < n`: returns the result rows (`[c_out rounded up to MR, ld]`, ld = n rounded up to NR,
+/// columns ≥ n unspecified) and `ld`. `ldb` must be at least `ld`: the micro-kernel reads whole
+/// runs of NR (what lies past column n only reaches columns past n). GDN's normaliser γ · x².
+pub(crate) fn matmul<'a>(w: &Packed, b: &[f32], ldb: usize, n: usize, buf: &'a mut Buffers) -> (&'a [f32], usize) {
+    let (k, ld) = (w.k, n.div_ceil(NR) * NR);
+    assert!(ldb >= ld && b.len() >= k * ldb, "matmul: rows of b shorter than the runs read");
+    buf.offsets.clear();
+    buf.offsets.extend((0..k).map(|j| j * ldb));
+    buf.row.resize(w.tiles() * MR * ld, 0.0);
+    if k == 0 {
+        buf.row.fill(0.0);
+    }
+    for k0 in (0..k).step_by(KC) {
+        let offsets = &buf.offsets[k0..(k0 + KC).min(k)];
+        for x0 in (0..n).step_by(NR) {
+            accumulate(w.block(k0), offsets, &b[x0..], &mut buf.row[x0..], ld, k0 == 0);
+        }
+    }
+    (&buf.row[..w.tiles() * MR * ld], ld)
+}
+
 /// For every tile t (`a` holds `tiles` blocks of kc·MR weights, kc = `offsets.len()`): the MR
 /// x NR values `c[(t·MR + r)·ld + j]` (r < MR, j < NR) become (`first`: 0, else themselves) +
 /// Σ_i a[t·kc·MR + i·MR + r] · b[offsets[i] + j]. Checked: every value read or written lies in

@@ -110,6 +110,12 @@ impl Gdn {
 /// block. With `root`, also write √(β + γ·x²) of every element there (what the training
 /// operation's backward pass needs, [`crate::gdn_op`]).
 pub(crate) fn normalise(data: &mut [f32], root: Option<&mut [f32]>, dims: [usize; 4], beta: &[f32], gamma: ndarray::ArrayView2<'_, f32>, inverse: bool) {
+    normalise_using(crate::direct::available(), data, root, dims, beta, gamma, inverse)
+}
+
+/// [`normalise`], the product γ · x² through the direct product's micro-kernel (`use_direct`)
+/// or through ndarray's matrix product.
+fn normalise_using(use_direct: bool, data: &mut [f32], root: Option<&mut [f32]>, dims: [usize; 4], beta: &[f32], gamma: ndarray::ArrayView2<'_, f32>, inverse: bool) {
     use rayon::prelude::*;
     let c = dims[1];
     let len = data.len();
@@ -122,23 +128,31 @@ pub(crate) fn normalise(data: &mut [f32], root: Option<&mut [f32]>, dims: [usize
         }
         None => blocks.iter().map(|_| Vec::new()).collect(),
     };
-    // Per worker: x² and gamma · x² of one block, fully overwritten for every block.
-    let scratch = || (vec![0f32; c * FUSED_PIXELS], vec![0f32; c * FUSED_PIXELS]);
-    blocks.into_par_iter().zip(roots).for_each_init(scratch, |(sq, nm), (mut rows, mut roots)| {
+    let packed = use_direct.then(|| crate::direct::Packed::new(gamma));
+    // Per worker: x² and gamma · x² of one block, fully overwritten for every block (x² rows
+    // FUSED_PIXELS apart, a multiple of the direct product's runs), and the direct product's
+    // buffers.
+    let scratch = || (vec![0f32; c * FUSED_PIXELS], vec![0f32; c * FUSED_PIXELS], crate::direct::Buffers::default());
+    blocks.into_par_iter().zip(roots).for_each_init(scratch, |(sq, nm, bufs), (mut rows, mut roots)| {
         let n = rows.first().map_or(0, |r| r.len());
-        let mut squares = ndarray::ArrayViewMut2::from_shape((c, n), &mut sq[..c * n]).expect("block of x²");
         for (ch, r) in rows.iter().enumerate() {
-            for (s, &v) in squares.row_mut(ch).iter_mut().zip(r.iter()) {
+            for (s, &v) in sq[ch * FUSED_PIXELS..ch * FUSED_PIXELS + n].iter_mut().zip(r.iter()) {
                 *s = v * v;
             }
         }
-        let mut norm = ndarray::ArrayViewMut2::from_shape((c, n), &mut nm[..c * n]).expect("block of the normaliser");
-        ndarray::linalg::general_mat_mul(1.0, &gamma, &squares, 0.0, &mut norm);
+        let (norm, ld) = match &packed {
+            Some(packed) => crate::direct::matmul(packed, sq, FUSED_PIXELS, n, bufs),
+            None => {
+                let squares = ndarray::ArrayView2::from_shape(ndarray::ShapeBuilder::strides((c, n), (FUSED_PIXELS, 1)), &sq[..]).expect("block of x²");
+                let mut norm = ndarray::ArrayViewMut2::from_shape((c, n), &mut nm[..c * n]).expect("block of the normaliser");
+                ndarray::linalg::general_mat_mul(1.0, &gamma, &squares, 0.0, &mut norm);
+                (&nm[..], n)
+            }
+        };
         // Branches hoisted out of the per-element loops, so that these vectorise.
         for (ch, r) in rows.iter_mut().enumerate() {
             let bch = beta[ch];
-            let sums = norm.row(ch);
-            let sums = sums.as_slice().expect("contiguous normaliser row");
+            let sums = &norm[ch * ld..ch * ld + r.len()];
             match (roots.get_mut(ch), inverse) {
                 (Some(out), false) => r.iter_mut().zip(sums).zip(out.iter_mut()).for_each(|((v, &s), o)| {
                     *o = (s + bch).sqrt();
@@ -228,6 +242,35 @@ mod tests {
                 g.gamma.val().grad(&gs).unwrap().into_data().try_into_vec_as().unwrap(),
             );
             close(&gf_, &gs_, "dgamma");
+        }
+    }
+
+    /// The normaliser's product through the direct micro-kernel and through ndarray agree, with
+    /// and without the roots, on blocks that are not multiples of the kernel's 16 pixels and
+    /// channels that are not a multiple of its 6.
+    #[test]
+    fn direct_and_ndarray_normalisers_agree() {
+        let (c, dims) = (13, [2, 13, 9, 31]);
+        let mut state = 3u32;
+        let mut random = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+                    lo + (hi - lo) * ((state >> 8) as f32 / (1u32 << 24) as f32)
+                })
+                .collect()
+        };
+        let x = random(dims.iter().product(), -2.0, 2.0);
+        let (beta, gamma) = (random(c, 0.5, 1.5), random(c * c, 0.0, 0.6));
+        let gamma = ndarray::ArrayView2::from_shape((c, c), &gamma[..]).unwrap();
+        for inverse in [false, true] {
+            let (mut a, mut b) = (x.clone(), x.clone());
+            let (mut ra, mut rb) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            normalise_using(true, &mut a, Some(&mut ra), dims, &beta, gamma, inverse);
+            normalise_using(false, &mut b, Some(&mut rb), dims, &beta, gamma, inverse);
+            for (i, (p, q)) in a.iter().zip(&b).chain(ra.iter().zip(&rb)).enumerate() {
+                assert!((p - q).abs() <= 1e-5 * q.abs().max(1.0), "inverse {inverse}, element {i}: {p} vs {q}");
+            }
         }
     }
 
