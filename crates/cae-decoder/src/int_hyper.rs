@@ -123,11 +123,12 @@ impl IntConv {
 
     /// Apply the layer to `input` ([c_in][h][w], fixed point); `relu` clips negatives.
     ///
-    /// Both kinds are matrix products (f64, through ndarray's matrixmultiply) plus data
-    /// movement: a 3x3 convolution multiplies the weights by the input's im2col matrix; a
-    /// transposed convolution multiplies the per-tap weights by the input and adds every
-    /// product column into its place in the output (col2im). Output rows are computed in bands
-    /// of about [`BAND_COLUMNS`] pixels, so the buffers stay a few MiB for any image size.
+    /// Both kinds are exact f64 products plus data movement: a 3x3 convolution is
+    /// [`cae_nn::conv3x3_exact`] (a direct product reading the taps' runs from padded planes,
+    /// AVX2 where the CPU has it); a transposed convolution multiplies the per-tap weights by
+    /// the input (ndarray's matrixmultiply) and adds every product column into its place in
+    /// the output (col2im), in bands of about [`BAND_COLUMNS`] output pixels, so the buffers
+    /// stay a few MiB for any image size.
     pub fn forward(&self, input: &[i32], h: usize, w: usize, relu: bool) -> Vec<i32> {
         self.forward_in_bands(input, h, w, relu, BAND_COLUMNS)
     }
@@ -157,11 +158,19 @@ impl IntConv {
             }
         };
         let mut out = vec![0i32; self.c_out * ho * wo];
-        let band = (band_columns / wo.max(1)).max(2);
+        // The 3x3 layer in one pass of cae-nn's exact direct product (no im2col block, so no
+        // bands needed).
+        let band = match self.kind {
+            IntConvKind::Same3x3 => ho.max(1),
+            IntConvKind::Up5x5 => (band_columns / wo.max(1)).max(2),
+        };
         for oy0 in (0..ho).step_by(band) {
             let oy1 = (oy0 + band).min(ho);
             let acc = match self.kind {
-                IntConvKind::Same3x3 => self.same_band(input, h, w, &weights, oy0..oy1),
+                IntConvKind::Same3x3 => {
+                    let x: Vec<f64> = input.iter().map(|&v| v as f64).collect();
+                    cae_nn::conv3x3_exact(&x, self.c_in, h, w, &weights, self.c_out)
+                }
                 IntConvKind::Up5x5 => self.up_band(input, h, w, &weights, oy0..oy1),
             };
             let n = (oy1 - oy0) * wo;
@@ -177,26 +186,6 @@ impl IntConv {
             });
         }
         out
-    }
-
-    /// Sums of output rows `rows` of a 3x3 convolution, [c_out][rows·w]: the weights times the
-    /// im2col matrix, whose row (i, ky, kx), column y·w + x holds in[i][y + ky − 1][x + kx − 1].
-    fn same_band(&self, input: &[i32], h: usize, w: usize, weights: &[f64], rows: std::ops::Range<usize>) -> Vec<f64> {
-        let (k, kk) = (3, 9);
-        let n = rows.len() * w;
-        let mut cols = vec![0f64; self.c_in * kk * n];
-        cols.par_chunks_mut(n).enumerate().for_each(|(r, col)| {
-            let (i, ky, kx) = (r / kk, (r % kk) / k, r % k);
-            for y in rows.clone() {
-                let Some(sy) = (y + ky).checked_sub(1).filter(|&sy| sy < h) else { continue };
-                let src = &input[(i * h + sy) * w..][..w];
-                let dst = &mut col[(y - rows.start) * w..][..w];
-                for x in 1usize.saturating_sub(kx)..w.min((w + 1).saturating_sub(kx)) {
-                    dst[x] = src[x + kx - 1] as f64;
-                }
-            }
-        });
-        matmul(weights, self.c_out, self.c_in * kk, &cols, n)
     }
 
     /// Sums of output rows `rows` of a 5x5 stride-2 transposed convolution, [c_out][rows·2w]:

@@ -327,6 +327,109 @@ fn accumulate_portable(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], l
     }
 }
 
+/// Output pixels per tile of [`conv3x3_exact`] (two AVX2 vectors of four f64).
+const NR64: usize = 8;
+
+/// An exact 3x3 convolution, stride 1, zero padding 1, in f64: `out[co, y, x]` = Σ over (ci, ky,
+/// kx) of `weight[co, ci, ky, kx] · input[ci, y + ky − 1, x + kx − 1]` for integer-valued
+/// inputs and weights whose products and partial sums stay below 2^53 in magnitude (the caller
+/// checks), so every addition is exact and the result does not depend on the order of the
+/// sum (SIMD or not, any thread count). The integer hyper-synthesis' 3x3 layer.
+pub fn conv3x3_exact(input: &[f64], c_in: usize, h: usize, w: usize, weight: &[f64], c_out: usize) -> Vec<f64> {
+    assert_eq!(input.len(), c_in * h * w, "conv3x3_exact: input");
+    assert_eq!(weight.len(), c_out * c_in * 9, "conv3x3_exact: weights");
+    let mut out = vec![0f64; c_out * h * w];
+    if out.is_empty() || c_in == 0 {
+        return out;
+    }
+    // Zero-padded planes: row y of channel ci at (ci·h + y)·width + 1, then a line of zeros.
+    let ld = w.div_ceil(NR64) * NR64;
+    let width = 1 + w.max(ld + 1);
+    let mut planes = vec![0f64; (c_in * h + 1) * width];
+    for (line, row) in planes.chunks_mut(width).zip(input.chunks(w)) {
+        line[1..=w].copy_from_slice(row);
+    }
+    let zero = c_in * h * width;
+    // Weights per block of KC taps, then per tile of MR output channels, as [`Packed`] lays
+    // them out: a block's runs stay in L1 while every tile uses them.
+    let (k, tiles) = (c_in * 9, c_out.div_ceil(MR));
+    let mut packed = vec![0f64; tiles * k * MR];
+    for (co, row) in weight.chunks(k).enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            let (k0, i) = (t / KC * KC, t % KC);
+            packed[k0 * tiles * MR + (co / MR) * KC.min(k - k0) * MR + i * MR + co % MR] = v;
+        }
+    }
+    let rows: Vec<Vec<f64>> = (0..h)
+        .into_par_iter()
+        .map(|y| {
+            let mut offsets = Vec::with_capacity(k);
+            for ci in 0..c_in {
+                for dy in 0..3 {
+                    let iy = (y + dy).checked_sub(1).filter(|&iy| iy < h);
+                    for dx in 0..3 {
+                        offsets.push(iy.map_or(zero, |iy| (ci * h + iy) * width) + dx);
+                    }
+                }
+            }
+            let mut sums = vec![0f64; tiles * MR * ld];
+            for k0 in (0..k).step_by(KC) {
+                let block = &packed[k0 * tiles * MR..(k0 + KC).min(k) * tiles * MR];
+                accumulate_f64(block, &offsets[k0..(k0 + KC).min(k)], &planes, &mut sums, ld, k0 == 0);
+            }
+            sums
+        })
+        .collect();
+    for (y, sums) in rows.iter().enumerate() {
+        for (co, plane) in out.chunks_mut(h * w).enumerate() {
+            plane[y * w..(y + 1) * w].copy_from_slice(&sums[co * ld..co * ld + w]);
+        }
+    }
+    out
+}
+
+/// For every tile t of `a` (`[tile][tap][MR]`, taps = `offsets.len()`) and every column j < ld
+/// (a multiple of NR64): `c[(t·MR + r)·ld + j]` = (`first`: 0, else itself) + Σ_i a[(t·taps +
+/// i)·MR + r] · b[offsets[i] + j]. Tile by tile, so that a tile's weights stay in L1 while it
+/// sweeps the row (the 3x3 layer's weights are too many to stay in L2). Checked bounds.
+fn accumulate_f64(a: &[f64], offsets: &[usize], b: &[f64], c: &mut [f64], ld: usize, first: bool) {
+    let kc = offsets.len();
+    let tiles = if kc == 0 { 0 } else { a.len() / (kc * MR) };
+    assert!(a.len() == tiles * kc * MR && ld % NR64 == 0, "f64 micro-kernel shapes");
+    assert!(tiles * MR * ld <= c.len(), "f64 micro-kernel: a tile outside the result");
+    let last = offsets.iter().copied().max().unwrap_or(0);
+    assert!(kc == 0 || last + ld <= b.len(), "f64 micro-kernel: a run outside the input");
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        for (t, a) in a.chunks_exact(kc.max(1) * MR).enumerate() {
+            for x0 in (0..ld).step_by(NR64) {
+                // SAFETY: AVX2 and FMA are present; reads inside `a` (kc·MR per tile) and `b`
+                // (offsets + x0 + NR64 ≤ offsets + ld ≤ b.len()), the tile's rows inside `c`
+                // ((t·MR + r)·ld + x0 + NR64 ≤ tiles·MR·ld): all checked above.
+                #[allow(unsafe_code)]
+                unsafe {
+                    avx2::kernel_f64(kc, a.as_ptr(), offsets.as_ptr(), b.as_ptr().add(x0), c.as_mut_ptr().add(t * MR * ld + x0), ld, first);
+                }
+            }
+        }
+        return;
+    }
+    for (t, a) in a.chunks_exact(kc.max(1) * MR).enumerate() {
+        for r in 0..MR {
+            let row = &mut c[(t * MR + r) * ld..(t * MR + r + 1) * ld];
+            if first {
+                row.fill(0.0);
+            }
+            for (i, &o) in offsets.iter().enumerate() {
+                let av = a[i * MR + r];
+                for (v, &bv) in row.iter_mut().zip(&b[o..o + ld]) {
+                    *v += av * bv;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
@@ -364,6 +467,42 @@ mod avx2 {
             for (r, acc) in acc.iter().enumerate() {
                 _mm256_storeu_ps(c.add(r * ld), acc[0]);
                 _mm256_storeu_ps(c.add(r * ld + 8), acc[1]);
+            }
+        }
+    }
+
+    /// The MR x NR64 f64 tile at `c` (row r at `c + r·ld`), from zero (`first`) or from its
+    /// values, plus Σ over `kc` taps of `a` (MR weights per tap) times the NR64 values at
+    /// `b + offsets[i]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `a` holds `kc·MR` values, `offsets` `kc` entries,
+    /// `b + offsets[i] .. + NR64` is readable, `c + r·ld .. + NR64` writable for r < MR.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel_f64(kc: usize, a: *const f64, offsets: *const usize, b: *const f64, c: *mut f64, ld: usize, first: bool) {
+        const { assert!(MR == 6 && super::NR64 == 8) };
+        unsafe {
+            let mut acc = [[_mm256_setzero_pd(); 2]; MR];
+            if !first {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm256_loadu_pd(c.add(r * ld));
+                    acc[1] = _mm256_loadu_pd(c.add(r * ld + 4));
+                }
+            }
+            for i in 0..kc {
+                let p = b.add(*offsets.add(i));
+                let b0 = _mm256_loadu_pd(p);
+                let b1 = _mm256_loadu_pd(p.add(4));
+                let w = a.add(i * MR);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let ar = _mm256_broadcast_sd(&*w.add(r));
+                    acc[0] = _mm256_fmadd_pd(ar, b0, acc[0]);
+                    acc[1] = _mm256_fmadd_pd(ar, b1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                _mm256_storeu_pd(c.add(r * ld), acc[0]);
+                _mm256_storeu_pd(c.add(r * ld + 4), acc[1]);
             }
         }
     }
@@ -466,6 +605,40 @@ mod tests {
                     .map(|(r, x)| block[(i * n + r) * wpad + x] as f64 * b[offsets[r * ld + k0 + j] + x] as f64)
                     .sum();
                 assert!((v as f64 - want).abs() <= 1e-5, "sum {i},{j}: {v} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn exact_3x3_convolution_matches_a_plain_loop_exactly() {
+        let mut state = 11u64;
+        let mut int = |range: i64| -> f64 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as i64 % (2 * range + 1) - range) as f64
+        };
+        // Widths below, at and past a tile; channels not a multiple of MR; large integers.
+        for (c_in, c_out, h, w) in [(3, 7, 5, 9), (2, 6, 1, 1), (5, 13, 4, 16), (4, 5, 3, 21), (40, 7, 3, 10)] {
+            let x: Vec<f64> = (0..c_in * h * w).map(|_| int(1 << 24)).collect();
+            let wt: Vec<f64> = (0..c_out * c_in * 9).map(|_| int(1 << 15)).collect();
+            let got = conv3x3_exact(&x, c_in, h, w, &wt, c_out);
+            for co in 0..c_out {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let mut want = 0i128;
+                        for ci in 0..c_in {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (iy, ix) = (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                        let v = x[(ci * h + iy as usize) * w + ix as usize] as i128;
+                                        want += wt[((co * c_in + ci) * 3 + ky) * 3 + kx] as i128 * v;
+                                    }
+                                }
+                            }
+                        }
+                        assert_eq!(got[(co * h + y) * w + xx], want as f64, "{c_in}->{c_out} {h}x{w} at {co},{y},{xx}");
+                    }
+                }
             }
         }
     }
