@@ -436,76 +436,50 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// The MR x NR tile at `c` (row r at `c + r·ld`), from zero (`first`) or from its values,
-    /// plus Σ over `kc` taps of `a` (MR weights per tap) times the NR values at `b + offsets[i]`.
+    /// Defines `$name`: the MR x (2·lanes) tile at `c` (row r at `c + r·ld`), from zero
+    /// (`first`) or from its values, plus Σ over `kc` taps of `a` (MR weights per tap) times
+    /// the 2·lanes values at `b + offsets[i]`; 12 vector accumulators, two run loads and MR
+    /// broadcasts per tap.
     ///
-    /// # Safety
-    /// AVX2 and FMA must be available; `a` holds `kc·MR` floats, `offsets` `kc` entries,
-    /// `b + offsets[i] .. + NR` is readable for each, `c + r·ld .. + NR` is writable for r < MR.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn kernel(kc: usize, a: *const f32, offsets: *const usize, b: *const f32, c: *mut f32, ld: usize, first: bool) {
-        const { assert!(MR == 6 && NR == 16) };
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-            if !first {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    acc[0] = _mm256_loadu_ps(c.add(r * ld));
-                    acc[1] = _mm256_loadu_ps(c.add(r * ld + 8));
+    /// # Safety (of the defined function)
+    /// AVX2 and FMA must be available; `a` holds `kc·MR` values, `offsets` `kc` entries,
+    /// `b + offsets[i] ..` is readable for 2·lanes values, `c + r·ld ..` writable for r < MR.
+    macro_rules! tile_kernel {
+        ($name:ident, $t:ty, $lanes:expr, $zero:ident, $load:ident, $store:ident, $splat:ident, $fma:ident) => {
+            #[target_feature(enable = "avx2,fma")]
+            pub(super) unsafe fn $name(kc: usize, a: *const $t, offsets: *const usize, b: *const $t, c: *mut $t, ld: usize, first: bool) {
+                const { assert!(MR == 6) };
+                unsafe {
+                    let mut acc = [[$zero(); 2]; MR];
+                    if !first {
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            acc[0] = $load(c.add(r * ld));
+                            acc[1] = $load(c.add(r * ld + $lanes));
+                        }
+                    }
+                    for i in 0..kc {
+                        let p = b.add(*offsets.add(i));
+                        let b0 = $load(p);
+                        let b1 = $load(p.add($lanes));
+                        let w = a.add(i * MR);
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let ar = $splat(&*w.add(r));
+                            acc[0] = $fma(ar, b0, acc[0]);
+                            acc[1] = $fma(ar, b1, acc[1]);
+                        }
+                    }
+                    for (r, acc) in acc.iter().enumerate() {
+                        $store(c.add(r * ld), acc[0]);
+                        $store(c.add(r * ld + $lanes), acc[1]);
+                    }
                 }
             }
-            for i in 0..kc {
-                let p = b.add(*offsets.add(i));
-                let b0 = _mm256_loadu_ps(p);
-                let b1 = _mm256_loadu_ps(p.add(8));
-                let w = a.add(i * MR);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let ar = _mm256_broadcast_ss(&*w.add(r));
-                    acc[0] = _mm256_fmadd_ps(ar, b0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(ar, b1, acc[1]);
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(c.add(r * ld), acc[0]);
-                _mm256_storeu_ps(c.add(r * ld + 8), acc[1]);
-            }
-        }
+        };
     }
 
-    /// The MR x NR64 f64 tile at `c` (row r at `c + r·ld`), from zero (`first`) or from its
-    /// values, plus Σ over `kc` taps of `a` (MR weights per tap) times the NR64 values at
-    /// `b + offsets[i]`.
-    ///
-    /// # Safety
-    /// AVX2 and FMA must be available; `a` holds `kc·MR` values, `offsets` `kc` entries,
-    /// `b + offsets[i] .. + NR64` is readable, `c + r·ld .. + NR64` writable for r < MR.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn kernel_f64(kc: usize, a: *const f64, offsets: *const usize, b: *const f64, c: *mut f64, ld: usize, first: bool) {
-        const { assert!(MR == 6 && super::NR64 == 8) };
-        unsafe {
-            let mut acc = [[_mm256_setzero_pd(); 2]; MR];
-            if !first {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    acc[0] = _mm256_loadu_pd(c.add(r * ld));
-                    acc[1] = _mm256_loadu_pd(c.add(r * ld + 4));
-                }
-            }
-            for i in 0..kc {
-                let p = b.add(*offsets.add(i));
-                let b0 = _mm256_loadu_pd(p);
-                let b1 = _mm256_loadu_pd(p.add(4));
-                let w = a.add(i * MR);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let ar = _mm256_broadcast_sd(&*w.add(r));
-                    acc[0] = _mm256_fmadd_pd(ar, b0, acc[0]);
-                    acc[1] = _mm256_fmadd_pd(ar, b1, acc[1]);
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                _mm256_storeu_pd(c.add(r * ld), acc[0]);
-                _mm256_storeu_pd(c.add(r * ld + 4), acc[1]);
-            }
-        }
-    }
+    const _: () = assert!(NR == 16 && super::NR64 == 8);
+    tile_kernel!(kernel, f32, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_broadcast_ss, _mm256_fmadd_ps);
+    tile_kernel!(kernel_f64, f64, 4, _mm256_setzero_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_broadcast_sd, _mm256_fmadd_pd);
 
     /// See [`super::dot_tile`]: 3 x 4 vector accumulators over 8 pixels at a time, reduced to
     /// sums at the end.
@@ -557,15 +531,8 @@ mod tests {
 
     #[test]
     fn micro_kernel_matches_the_portable_loop() {
-        let mut state = 99u32;
-        let mut random = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    state = state.wrapping_mul(1664525).wrapping_add(1013904223);
-                    (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-                })
-                .collect()
-        };
+        let mut rng = crate::TestRng::new(99);
+        let mut random = |n: usize| rng.values(n, -0.5, 0.5);
         // Two tiles in a result of row stride 40, from zero and accumulating.
         for (kc, first) in [(1, true), (7, false), (128, true), (128, false)] {
             let a = random(2 * kc * MR);
@@ -583,15 +550,8 @@ mod tests {
 
     #[test]
     fn dot_tile_matches_a_plain_sum() {
-        let mut state = 7u32;
-        let mut random = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    state = state.wrapping_mul(1664525).wrapping_add(1013904223);
-                    (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-                })
-                .collect()
-        };
+        let mut rng = crate::TestRng::new(7);
+        let mut random = |n: usize| rng.values(n, -0.5, 0.5);
         let (n, wpad, ld, k0) = (3, 24, 10, 4);
         let block = random(MA * n * wpad);
         let b = random(500);
@@ -611,15 +571,12 @@ mod tests {
 
     #[test]
     fn exact_3x3_convolution_matches_a_plain_loop_exactly() {
-        let mut state = 11u64;
-        let mut int = |range: i64| -> f64 {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) as i64 % (2 * range + 1) - range) as f64
-        };
+        let mut rng = crate::TestRng::new(11);
+        let mut ints = |n: usize, range: f32| -> Vec<f64> { rng.values(n, -range, range).into_iter().map(|v| v.round() as f64).collect() };
         // Widths below, at and past a tile; channels not a multiple of MR; large integers.
         for (c_in, c_out, h, w) in [(3, 7, 5, 9), (2, 6, 1, 1), (5, 13, 4, 16), (4, 5, 3, 21), (40, 7, 3, 10)] {
-            let x: Vec<f64> = (0..c_in * h * w).map(|_| int(1 << 24)).collect();
-            let wt: Vec<f64> = (0..c_out * c_in * 9).map(|_| int(1 << 15)).collect();
+            let x = ints(c_in * h * w, (1 << 24) as f32);
+            let wt = ints(c_out * c_in * 9, (1 << 15) as f32);
             let got = conv3x3_exact(&x, c_in, h, w, &wt, c_out);
             for co in 0..c_out {
                 for y in 0..h {

@@ -554,15 +554,8 @@ mod tests {
         // not multiples of the micro-tile's 16 pixels and output channels not of its 6, and
         // kernels smaller than the padding or the stride (taps only outside the input; phases
         // of a transposed convolution that meet no tap).
-        let mut rng = 12345u64;
-        let mut random = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    ((rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect()
-        };
+        let mut rng = crate::TestRng::new(12345);
+        let mut random = |n: usize| rng.values(n, -1.0, 1.0);
         for (c_in, c_out, k, stride, h, w, pad) in [
             (3, 8, 5, 2, 21, 34, 2),
             (8, 6, 5, 2, 16, 16, 2),

@@ -251,15 +251,8 @@ mod tests {
     #[test]
     fn direct_and_ndarray_normalisers_agree() {
         let (c, dims) = (13, [2, 13, 9, 31]);
-        let mut state = 3u32;
-        let mut random = |n: usize, lo: f32, hi: f32| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    state = state.wrapping_mul(1664525).wrapping_add(1013904223);
-                    lo + (hi - lo) * ((state >> 8) as f32 / (1u32 << 24) as f32)
-                })
-                .collect()
-        };
+        let mut rng = crate::TestRng::new(3);
+        let mut random = |n: usize, lo: f32, hi: f32| rng.values(n, lo, hi);
         let x = random(dims.iter().product(), -2.0, 2.0);
         let (beta, gamma) = (random(c, 0.5, 1.5), random(c * c, 0.0, 0.6));
         let gamma = ndarray::ArrayView2::from_shape((c, c), &gamma[..]).unwrap();

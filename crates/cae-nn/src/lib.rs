@@ -181,3 +181,24 @@ mod tests {
         assert_eq!(kept, orig);
     }
 }
+
+/// Reproducible pseudo-random values for the tests (a linear congruential generator).
+#[cfg(test)]
+pub(crate) struct TestRng(u32);
+
+#[cfg(test)]
+impl TestRng {
+    pub(crate) fn new(seed: u32) -> Self {
+        TestRng(seed)
+    }
+
+    /// `n` values spread over [lo, hi).
+    pub(crate) fn values(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                self.0 = self.0.wrapping_mul(1664525).wrapping_add(1013904223);
+                lo + (hi - lo) * ((self.0 >> 8) as f32 / (1u32 << 24) as f32)
+            })
+            .collect()
+    }
+}
