@@ -3,10 +3,15 @@
 //! and the NR pixels of one output row that a tap meets are a contiguous run of a zero-padded,
 //! phase-split input line ([`Padded`]). A table of per-tap offsets into the padded planes,
 //! built once per output row, replaces the im2col copy; the weights are packed once per call
-//! into tiles of MR output channels ([`Packed`]). The micro-kernel (AVX2 + FMA, the only
-//! unsafe code of this crate) accumulates an MR x NR tile over a block of taps.
+//! into tiles of MR output channels ([`Packed`]). A micro-kernel (AVX2 + FMA) accumulates an
+//! MR x NR tile over a block of taps ([`product`]); the same tiles serve GDN's γ·x²
+//! ([`matmul`]) and, in f64, the integer hyper-synthesis' exact 3x3 layer
+//! ([`conv3x3_exact`]); weight gradients use dot-product tiles ([`weight_product`]). The
+//! kernels (module `avx2`) are the only unsafe code of this crate, each called behind
+//! asserted bounds.
 //!
-//! Used by [`crate::fastconv`] where the CPU has AVX2 and FMA; elsewhere the im2col path runs.
+//! Used by [`crate::fastconv`] and [`crate::gdn`] where the CPU has AVX2 and FMA (and the
+//! environment does not set `CAEC_NO_DIRECT_CONV`); elsewhere the im2col / ndarray paths run.
 
 use ndarray::ArrayView2;
 use rayon::prelude::*;
