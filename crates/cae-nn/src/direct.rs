@@ -419,6 +419,12 @@ fn accumulate_f64(a: &[f64], offsets: &[usize], b: &[f64], c: &mut [f64], ld: us
         }
         return;
     }
+    accumulate_f64_portable(a, offsets, b, c, ld, first);
+}
+
+/// [`accumulate_f64`] without SIMD intrinsics.
+fn accumulate_f64_portable(a: &[f64], offsets: &[usize], b: &[f64], c: &mut [f64], ld: usize, first: bool) {
+    let kc = offsets.len();
     for (t, a) in a.chunks_exact(kc.max(1) * MR).enumerate() {
         for r in 0..MR {
             let row = &mut c[(t * MR + r) * ld..(t * MR + r + 1) * ld];
@@ -550,6 +556,22 @@ mod tests {
             for (i, (p, q)) in fast.iter().zip(&plain).enumerate() {
                 assert!((p - q).abs() <= 1e-5, "kc {kc}, element {i}: {p} vs {q}");
             }
+        }
+    }
+
+    #[test]
+    fn f64_micro_kernel_matches_the_portable_loop_exactly() {
+        let mut rng = crate::TestRng::new(5);
+        // Integer values: every sum is exact, so both must agree bit for bit.
+        let mut ints = |n: usize| -> Vec<f64> { rng.values(n, -4096.0, 4096.0).into_iter().map(|v| v.round() as f64).collect() };
+        for (kc, first) in [(1, true), (9, false), (128, true)] {
+            let (a, b) = (ints(2 * kc * MR), ints(600));
+            let offsets: Vec<usize> = (0..kc).map(|i| (i * 41) % (600 - 24)).collect();
+            let start = ints(2 * MR * 24);
+            let (mut fast, mut plain) = (start.clone(), start);
+            accumulate_f64(&a, &offsets, &b, &mut fast, 24, first);
+            accumulate_f64_portable(&a, &offsets, &b, &mut plain, 24, first);
+            assert_eq!(fast, plain, "kc {kc}");
         }
     }
 
