@@ -48,17 +48,17 @@ fn simd() -> bool {
 /// channels: the block from tap `k0` (`kc` taps) starts at `k0·tiles·MR`, its tile `t` at
 /// `+ t·kc·MR`, and holds `w[t·MR + r, k0 + i]` at `+ i·MR + r` (zero past `c_out`), so one
 /// block's weights for all tiles are contiguous.
-pub(crate) struct Packed {
-    data: Vec<f32>,
+pub(crate) struct Packed<T = f32> {
+    data: Vec<T>,
     k: usize,
     c_out: usize,
 }
 
-impl Packed {
-    pub(crate) fn new(w: ArrayView2<'_, f32>) -> Self {
+impl<T: Copy + Default> Packed<T> {
+    pub(crate) fn new(w: ArrayView2<'_, T>) -> Self {
         let (c_out, k) = w.dim();
         let tiles = c_out.div_ceil(MR);
-        let mut data = vec![0f32; tiles * k * MR];
+        let mut data = vec![T::default(); tiles * k * MR];
         for ((co, kk), &v) in w.indexed_iter() {
             let (k0, i) = (kk / KC * KC, kk % KC);
             let kc = KC.min(k - k0);
@@ -72,7 +72,7 @@ impl Packed {
     }
 
     /// The weights of the block of taps from `k0`.
-    fn block(&self, k0: usize) -> &[f32] {
+    fn block(&self, k0: usize) -> &[T] {
         let kc = KC.min(self.k - k0);
         &self.data[k0 * self.tiles() * MR..(k0 + kc) * self.tiles() * MR]
     }
@@ -83,8 +83,8 @@ impl Packed {
 /// `left ..`, zeros around them, `width` floats in all; one more line of zeros at the end
 /// stands for the rows outside the input. Sized so that every run of NR values a tap reads for
 /// output columns below `⌈w_out / NR⌉·NR` lies inside one line.
-pub(crate) struct Padded {
-    data: Vec<f32>,
+pub(crate) struct Padded<T = f32> {
+    data: Vec<T>,
     c: usize,
     h: usize,
     stride: usize,
@@ -92,9 +92,9 @@ pub(crate) struct Padded {
     width: usize,
 }
 
-impl Padded {
+impl<T: Copy + Default + Send + Sync> Padded<T> {
     /// `dx`: the column offsets of the taps (any phase); `w_out`: the widest output row.
-    pub(crate) fn new(x: &[f32], c: usize, h: usize, w: usize, stride: usize, dx: &[isize], w_out: usize) -> Self {
+    pub(crate) fn new(x: &[T], c: usize, h: usize, w: usize, stride: usize, dx: &[isize], w_out: usize) -> Self {
         assert_eq!(x.len(), c * h * w, "input planes");
         let s = stride as isize;
         let wp = w.div_ceil(stride);
@@ -103,7 +103,7 @@ impl Padded {
         let left = (-shift_min).max(0) as usize;
         let runs_end = w_out.div_ceil(NR) * NR;
         let width = left + wp.max((shift_max + runs_end as isize).max(0) as usize);
-        let mut data = vec![0f32; (c * h * stride + 1) * width];
+        let mut data = vec![T::default(); (c * h * stride + 1) * width];
         data.par_chunks_mut(h * stride * width).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
             for (lines, row) in out.chunks_mut(stride * width).zip(plane.chunks(w)) {
                 for (phase, line) in lines.chunks_mut(width).enumerate() {
@@ -130,6 +130,23 @@ impl Padded {
         }
         ((ci * self.h + iy as usize) * self.stride + dx.rem_euclid(s) as usize) * self.width + column
     }
+
+    /// The offset table of output row `oy`: where output column 0 of every tap reads, taps in
+    /// the weights' column order (input channel, then `dy`, then `dx`); `out` holds one entry
+    /// per tap.
+    fn offsets(&self, oy: usize, dy: &[isize], dx: &[isize], out: &mut [usize]) {
+        assert_eq!(out.len(), self.c * dy.len() * dx.len(), "one offset per tap");
+        let mut taps = out.iter_mut();
+        for ci in 0..self.c {
+            for &ty in dy {
+                let iy = (oy * self.stride) as isize + ty;
+                // `dx` first: zip stops on it without taking one more entry from `taps`.
+                for (&tx, o) in dx.iter().zip(taps.by_ref()) {
+                    *o = self.offset(ci, iy, tx);
+                }
+            }
+        }
+    }
 }
 
 /// Reused buffers of one worker.
@@ -150,18 +167,8 @@ pub(crate) fn product(input: &Padded, w: &Packed, dy: &[isize], dx: &[isize], ro
     let ld = w_out.div_ceil(NR) * NR;
     buf.offsets.resize(k, 0);
     buf.row.resize(w.tiles() * MR * ld, 0.0);
-    let s = input.stride as isize;
     for (r, oy) in rows.enumerate() {
-        let mut i = 0;
-        for ci in 0..input.c {
-            for &ty in dy {
-                let iy = oy as isize * s + ty;
-                for &tx in dx {
-                    buf.offsets[i] = input.offset(ci, iy, tx);
-                    i += 1;
-                }
-            }
-        }
+        input.offsets(oy, dy, dx, &mut buf.offsets);
         if k == 0 {
             // A phase of a transposed convolution that meets no tap (kernel smaller than the stride).
             buf.row.fill(0.0);
@@ -253,17 +260,8 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
     let zero = input.zero_line();
     buf.offsets.clear();
     buf.offsets.resize(n * k_pad, zero);
-    let s = input.stride as isize;
     for (r, y) in rows.enumerate() {
-        let mut i = r * k_pad;
-        for ci in 0..input.c {
-            for &ty in dy {
-                for &tx in dx {
-                    buf.offsets[i] = input.offset(ci, y as isize * s + ty, tx);
-                    i += 1;
-                }
-            }
-        }
+        input.offsets(y, dy, dx, &mut buf.offsets[r * k_pad..r * k_pad + k]);
     }
     let last = buf.offsets.iter().copied().max().unwrap_or(0);
     assert!(last + wpad <= input.data.len(), "weight product: a run outside the input");
@@ -347,40 +345,18 @@ pub fn conv3x3_exact(input: &[f64], c_in: usize, h: usize, w: usize, weight: &[f
     if out.is_empty() || c_in == 0 {
         return out;
     }
-    // Zero-padded planes: row y of channel ci at (ci·h + y)·width + 1, then a line of zeros.
-    let ld = w.div_ceil(NR64) * NR64;
-    let width = 1 + w.max(ld + 1);
-    let mut planes = vec![0f64; (c_in * h + 1) * width];
-    for (line, row) in planes.chunks_mut(width).zip(input.chunks(w)) {
-        line[1..=w].copy_from_slice(row);
-    }
-    let zero = c_in * h * width;
-    // Weights per block of KC taps, then per tile of MR output channels, as [`Packed`] lays
-    // them out: a block's runs stay in L1 while every tile uses them.
-    let (k, tiles) = (c_in * 9, c_out.div_ceil(MR));
-    let mut packed = vec![0f64; tiles * k * MR];
-    for (co, row) in weight.chunks(k).enumerate() {
-        for (t, &v) in row.iter().enumerate() {
-            let (k0, i) = (t / KC * KC, t % KC);
-            packed[k0 * tiles * MR + (co / MR) * KC.min(k - k0) * MR + i * MR + co % MR] = v;
-        }
-    }
+    let taps = [-1isize, 0, 1];
+    let planes = Padded::new(input, c_in, h, w, 1, &taps, w);
+    let packed = Packed::new(ArrayView2::from_shape((c_out, c_in * 9), weight).expect("weights [c_out, c_in·9]"));
+    let (k, ld) = (c_in * 9, w.div_ceil(NR64) * NR64);
     let rows: Vec<Vec<f64>> = (0..h)
         .into_par_iter()
         .map(|y| {
-            let mut offsets = Vec::with_capacity(k);
-            for ci in 0..c_in {
-                for dy in 0..3 {
-                    let iy = (y + dy).checked_sub(1).filter(|&iy| iy < h);
-                    for dx in 0..3 {
-                        offsets.push(iy.map_or(zero, |iy| (ci * h + iy) * width) + dx);
-                    }
-                }
-            }
-            let mut sums = vec![0f64; tiles * MR * ld];
+            let mut offsets = vec![0; k];
+            planes.offsets(y, &taps, &taps, &mut offsets);
+            let mut sums = vec![0f64; packed.tiles() * MR * ld];
             for k0 in (0..k).step_by(KC) {
-                let block = &packed[k0 * tiles * MR..(k0 + KC).min(k) * tiles * MR];
-                accumulate_f64(block, &offsets[k0..(k0 + KC).min(k)], &planes, &mut sums, ld, k0 == 0);
+                accumulate_f64(packed.block(k0), &offsets[k0..(k0 + KC).min(k)], &planes.data, &mut sums, ld, k0 == 0);
             }
             sums
         })
