@@ -2,7 +2,8 @@
 # Decoding must not depend on the thread count or on burn-flex's SIMD kernels: a file
 # encoded once must entropy-decode to identical symbols (and table indices) and to pixels
 # within one level with RAYON_NUM_THREADS=1/2/4, in a debug build with `simd`, one without,
-# a release build, and the release build on the convolutions' im2col path.
+# a release build, the release build on the convolutions' im2col path, and on the AVX2 tile
+# where the CPU has AVX-512 (that one to identical pixels: each output is the same chain of FMAs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bin caec
@@ -20,10 +21,11 @@ else
 fi
 "$simd" compress "$input" "$tmp/x.cae"
 ref=""
-# "im2col": the convolutions' im2col path instead of the direct product's AVX2 kernel.
-for build in debug:target/debug/caec nosimd:target/nosimd/debug/caec release:target/release/caec im2col:target/release/caec; do
+# "im2col": the convolutions' im2col path instead of the direct product's SIMD kernels;
+# "avx2": the direct product's AVX2 tile instead of the AVX-512 one.
+for build in debug:target/debug/caec nosimd:target/nosimd/debug/caec release:target/release/caec im2col:target/release/caec avx2:target/release/caec; do
   name=${build%%:*}; bin=${build#*:}
-  env=(); [ "$name" = im2col ] && env=(CAEC_NO_DIRECT_CONV=1)
+  env=(); [ "$name" = im2col ] && env=(CAEC_NO_DIRECT_CONV=1); [ "$name" = avx2 ] && env=(CAEC_NO_AVX512=1)
   for t in 1 2 4; do
     sym=$(env ${env[@]+"${env[@]}"} RAYON_NUM_THREADS=$t "$bin" digest "$tmp/x.cae" | awk '/^symbols/ {print $2}')
     out="$tmp/$t-$name.png"
@@ -41,4 +43,8 @@ for png in "$tmp"/*-*.png; do
   fi
   echo "determinism: $(basename "$png"): symbols identical, max pixel difference $diff"
 done
+for t in 1 2 4; do
+  cmp -s "$tmp/$t-release.png" "$tmp/$t-avx2.png" || { echo "determinism: FAILED: the AVX2 and AVX-512 tiles decode to different pixels ($t threads)" >&2; exit 1; }
+done
+echo "determinism: AVX-512 and AVX2 tiles: identical pixels"
 echo "determinism: 1 passed, 0 failed"

@@ -3,11 +3,11 @@
 //! and the NR pixels of one output row that a tap meets are a contiguous run of a zero-padded,
 //! phase-split input line ([`Padded`]). A table of per-tap offsets into the padded planes,
 //! built once per output row, replaces the im2col copy; the weights are packed once per call
-//! into tiles of MR output channels ([`Packed`]). A micro-kernel (AVX2 + FMA) accumulates an
-//! MR x NR tile over a block of taps ([`product`]); the same tiles serve GDN's γ·x²
+//! into tiles of MR output channels ([`Packed`]). A micro-kernel (AVX2 + FMA, or AVX-512 with
+//! rows of 2·NR) accumulates an MR x NR tile over a block of taps ([`product`]); the same tiles serve GDN's γ·x²
 //! ([`matmul`]) and, in f64, the integer hyper-synthesis' exact 3x3 layer
 //! ([`conv3x3_exact`]); weight gradients use dot-product tiles ([`weight_product`]). The
-//! kernels (module `avx2`) are the only unsafe code of this crate, each called behind
+//! kernels (modules `avx2` and `avx512`) are the only unsafe code of this crate, each called behind
 //! asserted bounds.
 //!
 //! Used by [`crate::fastconv`] and [`crate::gdn`] where the CPU has AVX2 and FMA (and the
@@ -31,6 +31,22 @@ const KC: usize = 128;
 pub(crate) fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| simd() && std::env::var_os("CAEC_NO_DIRECT_CONV").is_none())
+}
+
+/// Whether the forward tile runs on AVX-512 (two 16-lane registers per output channel: MR x
+/// 2·NR values, the weight's broadcast folded into the FMA) where the CPU has it, unless the
+/// environment sets `CAEC_NO_AVX512`. Each output value is the same chain of FMAs over the taps
+/// as on the AVX2 tile, so the results are identical bit for bit.
+fn avx512() -> bool {
+    static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f") && std::env::var_os("CAEC_NO_AVX512").is_none())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        *AVX512.get_or_init(|| false)
+    }
 }
 
 fn simd() -> bool {
@@ -175,8 +191,8 @@ pub(crate) fn product(input: &Padded, w: &Packed, dy: &[isize], dx: &[isize], ro
         }
         for k0 in (0..k).step_by(KC) {
             let offsets = &buf.offsets[k0..(k0 + KC).min(k)];
-            for x0 in (0..w_out).step_by(NR) {
-                accumulate(w.block(k0), offsets, &input.data[x0..], &mut buf.row[x0..], ld, k0 == 0);
+            for (x0, cols) in column_steps(ld) {
+                accumulate(w.block(k0), offsets, &input.data[x0..], &mut buf.row[x0..], ld, cols, k0 == 0);
             }
         }
         emit(r, &buf.row, ld);
@@ -198,43 +214,88 @@ pub(crate) fn matmul<'a>(w: &Packed, b: &[f32], ldb: usize, n: usize, buf: &'a m
     }
     for k0 in (0..k).step_by(KC) {
         let offsets = &buf.offsets[k0..(k0 + KC).min(k)];
-        for x0 in (0..n).step_by(NR) {
-            accumulate(w.block(k0), offsets, &b[x0..], &mut buf.row[x0..], ld, k0 == 0);
+        for (x0, cols) in column_steps(ld) {
+            accumulate(w.block(k0), offsets, &b[x0..], &mut buf.row[x0..], ld, cols, k0 == 0);
         }
     }
     (&buf.row[..w.tiles() * MR * ld], ld)
 }
 
+/// The column steps of a result row `ld` wide (a multiple of NR): `(x0, cols)` with cols = 2·NR
+/// where the AVX-512 tile takes two vectors per row and two fit, else NR.
+fn column_steps(ld: usize) -> impl Iterator<Item = (usize, usize)> {
+    let wide = simd() && avx512();
+    let mut x0 = 0;
+    std::iter::from_fn(move || {
+        let cols = if wide && x0 + 2 * NR <= ld { 2 * NR } else { NR };
+        let step = (x0 < ld).then_some((x0, cols));
+        x0 += cols;
+        step
+    })
+}
+
 /// For every tile t (`a` holds `tiles` blocks of kc·MR weights, kc = `offsets.len()`): the MR
-/// x NR values `c[(t·MR + r)·ld + j]` (r < MR, j < NR) become (`first`: 0, else themselves) +
-/// Σ_i a[t·kc·MR + i·MR + r] · b[offsets[i] + j]. Checked: every value read or written lies in
-/// `a`, `b` and `c`.
-fn accumulate(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], ld: usize, first: bool) {
+/// x `cols` values `c[(t·MR + r)·ld + j]` (r < MR, j < cols; cols = NR or 2·NR) become
+/// (`first`: 0, else themselves) + Σ_i a[t·kc·MR + i·MR + r] · b[offsets[i] + j]. Checked:
+/// every value read or written lies in `a`, `b` and `c`.
+#[allow(clippy::too_many_arguments)]
+fn accumulate(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], ld: usize, cols: usize, first: bool) {
+    accumulate_on(avx512(), a, offsets, b, c, ld, cols, first)
+}
+
+/// [`accumulate`] on the AVX-512 tile (`wide`, which [`avx512`] must allow) or the AVX2 one.
+#[allow(clippy::too_many_arguments)]
+fn accumulate_on(wide: bool, a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], ld: usize, cols: usize, first: bool) {
+    assert!(!wide || avx512(), "AVX-512 tile without AVX-512");
     let kc = offsets.len();
     let tiles = if kc == 0 { 0 } else { a.len() / (kc * MR) };
-    assert!(a.len() == tiles * kc * MR && ld >= NR, "micro-kernel shapes");
-    assert!(tiles == 0 || (tiles * MR - 1) * ld + NR <= c.len(), "micro-kernel: a tile outside the result");
+    assert!(a.len() == tiles * kc * MR && (cols == NR || cols == 2 * NR) && ld >= cols, "micro-kernel shapes");
+    assert!(tiles == 0 || (tiles * MR - 1) * ld + cols <= c.len(), "micro-kernel: a tile outside the result");
     let last = offsets.iter().copied().max().unwrap_or(0);
-    assert!(kc == 0 || last + NR <= b.len(), "micro-kernel: a run outside the input");
+    assert!(kc == 0 || last + cols <= b.len(), "micro-kernel: a run outside the input");
     #[cfg(target_arch = "x86_64")]
     if simd() {
         for (t, a) in a.chunks_exact(kc.max(1) * MR).enumerate() {
-            // SAFETY: AVX2 and FMA are present (checked just above); every read is inside `a`
-            // (kc·MR floats per tile), `b` (offsets[i] + NR ≤ b.len(), checked) and every
-            // read or write of the tile inside `c` (checked for the last tile).
+            // SAFETY: AVX2 and FMA (and AVX-512F where `wide`) are present (checked just
+            // above); every read is inside `a` (kc·MR floats per tile), `b` (offsets[i] + cols
+            // ≤ b.len(), checked) and every read or write of the tile (cols wide) inside `c`
+            // (checked for the last tile).
             #[allow(unsafe_code)]
             unsafe {
-                avx2::kernel(kc, a.as_ptr(), offsets.as_ptr(), b.as_ptr(), c.as_mut_ptr().add(t * MR * ld), ld, first);
+                let (a, offsets, b, c) = (a.as_ptr(), offsets.as_ptr(), b.as_ptr(), c.as_mut_ptr().add(t * MR * ld));
+                match (wide, cols == NR) {
+                    (true, true) => avx512::kernel::<1>(kc, a, offsets, b, c, ld, first),
+                    (true, false) => avx512::kernel::<2>(kc, a, offsets, b, c, ld, first),
+                    (false, _) => {
+                        for x in (0..cols).step_by(NR) {
+                            avx2::kernel(kc, a, offsets, b.add(x), c.add(x), ld, first);
+                        }
+                    }
+                }
             }
         }
         return;
     }
-    accumulate_portable(a, offsets, b, c, ld, first);
+    accumulate_portable(a, offsets, b, c, ld, cols, first);
 }
 
-/// Rows of `small` per weight-gradient tile (MA) and taps per tile (NK); pixels go by 8.
+/// Rows of `small` per weight-gradient tile (MA: 3 on AVX2 and the portable loop, MA5 = 4 on
+/// AVX-512) and taps per tile (NK); pixels go by 8 (AVX2) or 16 (AVX-512).
 const MA: usize = 3;
+const MA5: usize = 4;
 const NK: usize = 4;
+
+/// The sums of one weight-gradient tile (the AVX-512 shape; a 3-row tile uses the first rows).
+type Sums = [[f32; NK]; MA5];
+
+/// A weight-gradient tile's shape: `(rows of small, pixels per step)`.
+fn dot_shape(wide: bool) -> (usize, usize) {
+    if wide {
+        (MA5, 16)
+    } else {
+        (MA, 8)
+    }
+}
 
 /// The weight-gradient product of one band: `out[a·K + tap]` (K taps in `dy`/`dx` order per
 /// input channel, as [`product`]) = Σ over rows `rows` of the `small` grid (`[c_a, hs, ws]`,
@@ -245,9 +306,12 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
     let k = input.c * dy.len() * dx.len();
     assert_eq!(small.len(), c_a * hs * ws, "weight product: small planes");
     assert_eq!(out.len(), c_a * k, "weight product: result");
-    let (n, wpad) = (rows.len(), ws.div_ceil(8) * 8);
-    let (a_pad, k_pad) = (c_a.div_ceil(MA) * MA, k.div_ceil(NK) * NK);
-    // The band of `small`, rows padded to a multiple of 8 and channels to one of MA with zeros.
+    let wide = simd() && avx512();
+    let (ma, step) = dot_shape(wide);
+    let (n, wpad) = (rows.len(), ws.div_ceil(step) * step);
+    let (a_pad, k_pad) = (c_a.div_ceil(ma) * ma, k.div_ceil(NK) * NK);
+    // The band of `small`, rows padded to a multiple of the pixel step and channels to one of
+    // `ma` with zeros.
     buf.row.clear();
     buf.row.resize(a_pad * n * wpad, 0.0);
     for a in 0..c_a {
@@ -255,8 +319,8 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
             buf.row[(a * n + r) * wpad..][..ws].copy_from_slice(&small[(a * hs + y) * ws..][..ws]);
         }
     }
-    // Offsets per row, taps padded to a multiple of NK with the start of the zero line (at least
-    // `wpad` floats long).
+    // Offsets per row, taps padded to a multiple of NK with the start of the zero line (at
+    // least `wpad` floats long: Padded's runs are NR = 16 wide).
     let zero = input.zero_line();
     buf.offsets.clear();
     buf.offsets.resize(n * k_pad, zero);
@@ -265,12 +329,12 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
     }
     let last = buf.offsets.iter().copied().max().unwrap_or(0);
     assert!(last + wpad <= input.data.len(), "weight product: a run outside the input");
-    let mut sums = [[0f32; NK]; MA];
+    let mut sums = [[0f32; NK]; MA5];
     for k0 in (0..k_pad).step_by(NK) {
-        for a0 in (0..a_pad).step_by(MA) {
-            let block = &buf.row[a0 * n * wpad..(a0 + MA) * n * wpad];
-            dot_tile(block, n, wpad, &buf.offsets, k_pad, k0, &input.data, &mut sums);
-            for (i, row) in sums.iter().enumerate().filter(|(i, _)| a0 + i < c_a) {
+        for a0 in (0..a_pad).step_by(ma) {
+            let block = &buf.row[a0 * n * wpad..(a0 + ma) * n * wpad];
+            dot_tile(wide, block, n, wpad, &buf.offsets, k_pad, k0, &input.data, &mut sums);
+            for (i, row) in sums.iter().take(ma).enumerate().filter(|(i, _)| a0 + i < c_a) {
                 for (j, &v) in row.iter().enumerate().filter(|(j, _)| k0 + j < k) {
                     out[(a0 + i) * k + k0 + j] += v;
                 }
@@ -279,11 +343,14 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
     }
 }
 
-/// `sums[i][j]` = Σ over rows r < n and x < wpad of `block[(i·n + r)·wpad + x] ·
-/// b[offsets[r·ld + k0 + j] + x]`. Checked: every read lies in `block`, `offsets` and `b`.
+/// For the tile shape of `wide` ([`dot_shape`]: ma rows): `sums[i][j]` (i < ma, j < NK) = Σ
+/// over rows r < n and x < wpad of `block[(i·n + r)·wpad + x] · b[offsets[r·ld + k0 + j] + x]`.
+/// Checked: every read lies in `block`, `offsets` and `b`.
 #[allow(clippy::too_many_arguments)]
-fn dot_tile(block: &[f32], n: usize, wpad: usize, offsets: &[usize], ld: usize, k0: usize, b: &[f32], sums: &mut [[f32; NK]; MA]) {
-    assert!(wpad % 8 == 0 && block.len() == MA * n * wpad && k0 + NK <= ld && n * ld <= offsets.len(), "dot tile shapes");
+fn dot_tile(wide: bool, block: &[f32], n: usize, wpad: usize, offsets: &[usize], ld: usize, k0: usize, b: &[f32], sums: &mut Sums) {
+    assert!(!wide || avx512(), "AVX-512 tile without AVX-512");
+    let (ma, step) = dot_shape(wide);
+    assert!(wpad % step == 0 && block.len() == ma * n * wpad && k0 + NK <= ld && n * ld <= offsets.len(), "dot tile shapes");
     for r in 0..n {
         for j in 0..NK {
             assert!(offsets[r * ld + k0 + j] + wpad <= b.len(), "dot tile: a run outside the input");
@@ -291,17 +358,22 @@ fn dot_tile(block: &[f32], n: usize, wpad: usize, offsets: &[usize], ld: usize, 
     }
     #[cfg(target_arch = "x86_64")]
     if simd() {
-        // SAFETY: AVX2 and FMA are present; every read is inside `block` (MA·n·wpad floats),
-        // `offsets` and `b` (offsets + wpad ≤ b.len()), all checked above.
+        // SAFETY: AVX2 and FMA (AVX-512F where `wide`) are present; every read is inside
+        // `block` (ma·n·wpad floats), `offsets` and `b` (offsets + wpad ≤ b.len()), all checked
+        // above.
         #[allow(unsafe_code)]
         unsafe {
-            avx2::dot_tile(block.as_ptr(), n, wpad, offsets.as_ptr().add(k0), ld, b.as_ptr(), sums);
+            if wide {
+                avx512::dot_tile(block.as_ptr(), n, wpad, offsets.as_ptr().add(k0), ld, b.as_ptr(), sums);
+            } else {
+                avx2::dot_tile(block.as_ptr(), n, wpad, offsets.as_ptr().add(k0), ld, b.as_ptr(), sums);
+            }
         }
         return;
     }
-    *sums = [[0.0; NK]; MA];
+    *sums = [[0.0; NK]; MA5];
     for r in 0..n {
-        for (i, row) in sums.iter_mut().enumerate() {
+        for (i, row) in sums.iter_mut().take(ma).enumerate() {
             let a = &block[(i * n + r) * wpad..][..wpad];
             for (j, v) in row.iter_mut().enumerate() {
                 let o = offsets[r * ld + k0 + j];
@@ -312,17 +384,17 @@ fn dot_tile(block: &[f32], n: usize, wpad: usize, offsets: &[usize], ld: usize, 
 }
 
 /// [`accumulate`] without SIMD intrinsics.
-fn accumulate_portable(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], ld: usize, first: bool) {
+fn accumulate_portable(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], ld: usize, cols: usize, first: bool) {
     let kc = offsets.len();
     for (t, a) in a.chunks_exact(kc.max(1) * MR).enumerate() {
         for r in 0..MR {
-            let row = &mut c[(t * MR + r) * ld..(t * MR + r) * ld + NR];
+            let row = &mut c[(t * MR + r) * ld..(t * MR + r) * ld + cols];
             if first {
                 row.fill(0.0);
             }
             for (i, &o) in offsets.iter().enumerate() {
                 let av = a[i * MR + r];
-                for (t, &bv) in row.iter_mut().zip(&b[o..o + NR]) {
+                for (t, &bv) in row.iter_mut().zip(&b[o..o + cols]) {
                     *t += av * bv;
                 }
             }
@@ -469,13 +541,13 @@ mod avx2 {
     tile_kernel!(kernel_f64, f64, 4, _mm256_setzero_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_broadcast_sd, _mm256_fmadd_pd);
 
     /// See [`super::dot_tile`]: 3 x 4 vector accumulators over 8 pixels at a time, reduced to
-    /// sums at the end.
+    /// sums at the end (the first three rows of `sums`).
     ///
     /// # Safety
     /// AVX2 and FMA must be available; `block` holds MA·n·wpad floats (`wpad` a multiple of 8),
     /// `offsets + r·ld + j` (r < n, j < NK) is readable, and so is `b + offset .. + wpad` for each.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_tile(block: *const f32, n: usize, wpad: usize, offsets: *const usize, ld: usize, b: *const f32, sums: &mut [[f32; super::NK]; super::MA]) {
+    pub(super) unsafe fn dot_tile(block: *const f32, n: usize, wpad: usize, offsets: *const usize, ld: usize, b: *const f32, sums: &mut super::Sums) {
         use super::{MA, NK};
         const { assert!(MA == 3 && NK == 4) };
         unsafe {
@@ -512,6 +584,100 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// The AVX2 `kernel`'s tile with `V` 16-lane accumulators per output channel (MR x V·NR
+    /// values; the weight's broadcast folded into the FMA): V = 2 makes 12 independent sums,
+    /// enough to keep two FMA units busy through their latency, and halves the weight loads
+    /// per FMA.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `a` holds `kc·MR` values, `offsets` `kc` entries, `b +
+    /// offsets[i] ..` is readable for V·NR values, `c + r·ld ..` writable for V·NR values, r < MR.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn kernel<const V: usize>(kc: usize, a: *const f32, offsets: *const usize, b: *const f32, c: *mut f32, ld: usize, first: bool) {
+        const { assert!(NR == 16 && (V == 1 || V == 2)) };
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); V]; MR];
+            if !first {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    for (v, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_loadu_ps(c.add(r * ld + v * NR));
+                    }
+                }
+            }
+            for i in 0..kc {
+                let p = b.add(*offsets.add(i));
+                let mut run = [_mm512_setzero_ps(); V];
+                for (v, run) in run.iter_mut().enumerate() {
+                    *run = _mm512_loadu_ps(p.add(v * NR));
+                }
+                let w = a.add(i * MR);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let wr = _mm512_set1_ps(*w.add(r));
+                    for (acc, &run) in acc.iter_mut().zip(&run) {
+                        *acc = _mm512_fmadd_ps(wr, run, *acc);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (v, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(c.add(r * ld + v * NR), *acc);
+                }
+            }
+        }
+    }
+
+
+    /// See [`super::dot_tile`]: 4 x 4 vector accumulators over 16 pixels at a time (8 loads per
+    /// 16 FMAs; more accumulators than 16 made LLVM spill them to the stack), reduced to sums
+    /// at the end.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `block` holds MA5·n·wpad floats (`wpad` a multiple of 16),
+    /// `offsets + r·ld + j` (r < n, j < NK) is readable, and so is `b + offset .. + wpad` for each.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_tile(block: *const f32, n: usize, wpad: usize, offsets: *const usize, ld: usize, b: *const f32, sums: &mut super::Sums) {
+        use super::{MA5, NK};
+        const { assert!(MA5 == 4 && NK == 4) };
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NK]; MA5];
+            for r in 0..n {
+                let o = offsets.add(r * ld);
+                let bs = [b.add(*o), b.add(*o.add(1)), b.add(*o.add(2)), b.add(*o.add(3))];
+                let a0 = block.add(r * wpad);
+                let a1 = block.add((n + r) * wpad);
+                let a2 = block.add((2 * n + r) * wpad);
+                let a3 = block.add((3 * n + r) * wpad);
+                let mut x = 0;
+                while x < wpad {
+                    let s0 = _mm512_loadu_ps(a0.add(x));
+                    let s1 = _mm512_loadu_ps(a1.add(x));
+                    let s2 = _mm512_loadu_ps(a2.add(x));
+                    let s3 = _mm512_loadu_ps(a3.add(x));
+                    for (j, bj) in bs.iter().enumerate() {
+                        let v = _mm512_loadu_ps(bj.add(x));
+                        acc[0][j] = _mm512_fmadd_ps(s0, v, acc[0][j]);
+                        acc[1][j] = _mm512_fmadd_ps(s1, v, acc[1][j]);
+                        acc[2][j] = _mm512_fmadd_ps(s2, v, acc[2][j]);
+                        acc[3][j] = _mm512_fmadd_ps(s3, v, acc[3][j]);
+                    }
+                    x += 16;
+                }
+            }
+            for (row, acc) in sums.iter_mut().zip(&acc) {
+                for (v, &a) in row.iter_mut().zip(acc) {
+                    *v = _mm512_reduce_add_ps(a);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,17 +686,22 @@ mod tests {
     fn micro_kernel_matches_the_portable_loop() {
         let mut rng = crate::TestRng::new(99);
         let mut random = |n: usize| rng.values(n, -0.5, 0.5);
-        // Two tiles in a result of row stride 40, from zero and accumulating.
-        for (kc, first) in [(1, true), (7, false), (128, true), (128, false)] {
-            let a = random(2 * kc * MR);
-            let b = random(1000);
-            let offsets: Vec<usize> = (0..kc).map(|i| (i * 37) % (1000 - NR)).collect();
-            let start = random(2 * MR * 40);
-            let (mut fast, mut plain) = (start.clone(), start);
-            accumulate(&a, &offsets, &b, &mut fast, 40, first);
-            accumulate_portable(&a, &offsets, &b, &mut plain, 40, first);
-            for (i, (p, q)) in fast.iter().zip(&plain).enumerate() {
-                assert!((p - q).abs() <= 1e-5, "kc {kc}, element {i}: {p} vs {q}");
+        // Two tiles in a result of row stride 40, from zero and accumulating, one or two
+        // vectors wide, on every tile this CPU has.
+        for wide in [false, avx512()] {
+            for cols in [NR, 2 * NR] {
+                for (kc, first) in [(1, true), (7, false), (128, true), (128, false)] {
+                    let a = random(2 * kc * MR);
+                    let b = random(1000);
+                    let offsets: Vec<usize> = (0..kc).map(|i| (i * 37) % (1000 - cols)).collect();
+                    let start = random(2 * MR * 40);
+                    let (mut fast, mut plain) = (start.clone(), start);
+                    accumulate_on(wide, &a, &offsets, &b, &mut fast, 40, cols, first);
+                    accumulate_portable(&a, &offsets, &b, &mut plain, 40, cols, first);
+                    for (i, (p, q)) in fast.iter().zip(&plain).enumerate() {
+                        assert!((p - q).abs() <= 1e-5, "wide {wide}, {cols} columns, kc {kc}, element {i}: {p} vs {q}");
+                    }
+                }
             }
         }
     }
@@ -555,19 +726,22 @@ mod tests {
     fn dot_tile_matches_a_plain_sum() {
         let mut rng = crate::TestRng::new(7);
         let mut random = |n: usize| rng.values(n, -0.5, 0.5);
-        let (n, wpad, ld, k0) = (3, 24, 10, 4);
-        let block = random(MA * n * wpad);
-        let b = random(500);
-        let offsets: Vec<usize> = (0..n * ld).map(|i| (i * 53) % (500 - wpad)).collect();
-        let mut sums = [[0f32; NK]; MA];
-        dot_tile(&block, n, wpad, &offsets, ld, k0, &b, &mut sums);
-        for (i, row) in sums.iter().enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                let want: f64 = (0..n)
-                    .flat_map(|r| (0..wpad).map(move |x| (r, x)))
-                    .map(|(r, x)| block[(i * n + r) * wpad + x] as f64 * b[offsets[r * ld + k0 + j] + x] as f64)
-                    .sum();
-                assert!((v as f64 - want).abs() <= 1e-5, "sum {i},{j}: {v} vs {want}");
+        for wide in [false, avx512()] {
+            let (ma, _) = dot_shape(wide);
+            let (n, wpad, ld, k0) = (3, 32, 10, 4);
+            let block = random(ma * n * wpad);
+            let b = random(500);
+            let offsets: Vec<usize> = (0..n * ld).map(|i| (i * 53) % (500 - wpad)).collect();
+            let mut sums = [[0f32; NK]; MA5];
+            dot_tile(wide, &block, n, wpad, &offsets, ld, k0, &b, &mut sums);
+            for (i, row) in sums.iter().take(ma).enumerate() {
+                for (j, &v) in row.iter().enumerate() {
+                    let want: f64 = (0..n)
+                        .flat_map(|r| (0..wpad).map(move |x| (r, x)))
+                        .map(|(r, x)| block[(i * n + r) * wpad + x] as f64 * b[offsets[r * ld + k0 + j] + x] as f64)
+                        .sum();
+                    assert!((v as f64 - want).abs() <= 1e-5, "wide {wide}, sum {i},{j}: {v} vs {want}");
+                }
             }
         }
     }
@@ -604,16 +778,30 @@ mod tests {
     }
 
     #[test]
+    fn column_steps_cover_the_row_once() {
+        for ld in [16, 32, 48, 64, 80, 384] {
+            let steps: Vec<(usize, usize)> = column_steps(ld).collect();
+            let mut x = 0;
+            for &(x0, cols) in &steps {
+                assert_eq!(x0, x, "row {ld}: {steps:?}");
+                assert!(cols == NR || cols == 2 * NR);
+                x += cols;
+            }
+            assert_eq!(x, ld, "row {ld}: {steps:?}");
+        }
+    }
+
+    #[test]
     #[should_panic(expected = "outside the input")]
     fn a_run_past_the_input_is_refused() {
         let mut c = vec![0f32; MR * NR];
-        accumulate(&[0.0; MR], &[10], &[0.0; 20], &mut c, NR, true);
+        accumulate(&[0.0; MR], &[10], &[0.0; 20], &mut c, NR, NR, true);
     }
 
     #[test]
     #[should_panic(expected = "outside the result")]
     fn a_tile_past_the_result_is_refused() {
         let mut c = vec![0f32; MR * NR - 1];
-        accumulate(&[0.0; MR], &[0], &[0.0; 20], &mut c, NR, true);
+        accumulate(&[0.0; MR], &[0], &[0.0; 20], &mut c, NR, NR, true);
     }
 }
