@@ -43,8 +43,12 @@ for png in "$tmp"/*-*.png; do
   fi
   echo "determinism: $(basename "$png"): symbols identical, max pixel difference $diff"
 done
-for t in 1 2 4; do
-  cmp -s "$tmp/$t-release.png" "$tmp/$t-avx2.png" || { echo "determinism: FAILED: the AVX2 and AVX-512 tiles decode to different pixels ($t threads)" >&2; exit 1; }
-done
-echo "determinism: AVX-512 and AVX2 tiles: identical pixels"
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+  for t in 1 2 4; do
+    cmp -s "$tmp/$t-release.png" "$tmp/$t-avx2.png" || { echo "determinism: FAILED: the AVX2 and AVX-512 tiles decode to different pixels ($t threads)" >&2; exit 1; }
+  done
+  echo "determinism: AVX-512 and AVX2 tiles: identical pixels"
+else
+  echo "determinism: no AVX-512 on this CPU: the AVX2 / AVX-512 comparison ran one tile twice"
+fi
 echo "determinism: 1 passed, 0 failed"

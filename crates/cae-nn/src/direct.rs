@@ -3,12 +3,12 @@
 //! and the NR pixels of one output row that a tap meets are a contiguous run of a zero-padded,
 //! phase-split input line ([`Padded`]). A table of per-tap offsets into the padded planes,
 //! built once per output row, replaces the im2col copy; the weights are packed once per call
-//! into tiles of MR output channels ([`Packed`]). A micro-kernel (AVX2 + FMA, or AVX-512 with
-//! rows of 2·NR) accumulates an MR x NR tile over a block of taps ([`product`]); the same tiles serve GDN's γ·x²
-//! ([`matmul`]) and, in f64, the integer hyper-synthesis' exact 3x3 layer
+//! into tiles of MR output channels ([`Packed`]). A micro-kernel (AVX2 + FMA: MR x NR; AVX-512:
+//! MR x 2·NR) accumulates a tile over a block of taps ([`product`]); the same tiles serve GDN's
+//! γ·x² ([`matmul`]) and, in f64, the integer hyper-synthesis' exact 3x3 layer
 //! ([`conv3x3_exact`]); weight gradients use dot-product tiles ([`weight_product`]). The
-//! kernels (modules `avx2` and `avx512`) are the only unsafe code of this crate, each called behind
-//! asserted bounds.
+//! kernels (modules `avx2` and `avx512`) are the only unsafe code of this crate, each called
+//! behind asserted bounds.
 //!
 //! Used by [`crate::fastconv`] and [`crate::gdn`] where the CPU has AVX2 and FMA (and the
 //! environment does not set `CAEC_NO_DIRECT_CONV`); elsewhere the im2col / ndarray paths run.
@@ -33,10 +33,11 @@ pub(crate) fn available() -> bool {
     *AVAILABLE.get_or_init(|| simd() && std::env::var_os("CAEC_NO_DIRECT_CONV").is_none())
 }
 
-/// Whether the forward tile runs on AVX-512 (two 16-lane registers per output channel: MR x
-/// 2·NR values, the weight's broadcast folded into the FMA) where the CPU has it, unless the
-/// environment sets `CAEC_NO_AVX512`. Each output value is the same chain of FMAs over the taps
-/// as on the AVX2 tile, so the results are identical bit for bit.
+/// Whether the tiles run on AVX-512 where the CPU has it, unless the environment sets
+/// `CAEC_NO_AVX512`: the forward tile (two 16-lane registers per output channel, MR x 2·NR
+/// values) and the weight-gradient tile (4 x 4 sums over 16 pixels). Each forward output is the
+/// same chain of FMAs over the taps as on the AVX2 tile, so coding is identical bit for bit;
+/// weight gradients are summed in another order (training differs in the last bits).
 fn avx512() -> bool {
     static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     #[cfg(target_arch = "x86_64")]
@@ -97,8 +98,8 @@ impl<T: Copy + Default> Packed<T> {
 /// Input planes `[c, h, w]` split by column phase modulo `stride` (as im2col's planes are) with
 /// every phase line zero-padded: line (c, iy, phase) holds its `⌈w / stride⌉` values at
 /// `left ..`, zeros around them, `width` floats in all; one more line of zeros at the end
-/// stands for the rows outside the input. Sized so that every run of NR values a tap reads for
-/// output columns below `⌈w_out / NR⌉·NR` lies inside one line.
+/// stands for the rows outside the input. Sized so that every run a tap reads for output
+/// columns below `⌈w_out / NR⌉·NR` lies inside one line (the tiles read NR or 2·NR columns).
 pub(crate) struct Padded<T = f32> {
     data: Vec<T>,
     c: usize,
@@ -201,8 +202,9 @@ pub(crate) fn product(input: &Padded, w: &Packed, dy: &[isize], dx: &[isize], ro
 
 /// The plain matrix product `w · b` for `b` = `[K, ldb]` (row j of `b` at `j·ldb`), columns
 /// `x < n`: returns the result rows (`[c_out rounded up to MR, ld]`, ld = n rounded up to NR,
-/// columns ≥ n unspecified) and `ld`. `ldb` must be at least `ld`: the micro-kernel reads whole
-/// runs of NR (what lies past column n only reaches columns past n). GDN's normaliser γ · x².
+/// columns ≥ n unspecified) and `ld`. `ldb` must be at least `ld`: the micro-kernels read whole
+/// runs of NR or 2·NR below `ld` (what lies past column n only reaches columns past n). GDN's
+/// normaliser γ · x² and its backward products.
 pub(crate) fn matmul<'a>(w: &Packed, b: &[f32], ldb: usize, n: usize, buf: &'a mut Buffers) -> (&'a [f32], usize) {
     let (k, ld) = (w.k, n.div_ceil(NR) * NR);
     assert!(ldb >= ld && b.len() >= k * ldb, "matmul: rows of b shorter than the runs read");
@@ -290,6 +292,7 @@ type Sums = [[f32; NK]; MA5];
 
 /// A weight-gradient tile's shape: `(rows of small, pixels per step)`.
 fn dot_shape(wide: bool) -> (usize, usize) {
+    const { assert!(NR % 16 == 0) };
     if wide {
         (MA5, 16)
     } else {
@@ -319,8 +322,9 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
             buf.row[(a * n + r) * wpad..][..ws].copy_from_slice(&small[(a * hs + y) * ws..][..ws]);
         }
     }
-    // Offsets per row, taps padded to a multiple of NK with the start of the zero line (at
-    // least `wpad` floats long: Padded's runs are NR = 16 wide).
+    // Offsets per row, taps padded to a multiple of NK with the start of the zero line. Every
+    // run is inside: `input` is padded for outputs `ws` wide, so each line holds `left +
+    // ⌈ws / NR⌉·NR` ≥ wpad values from a tap's start (NR a multiple of both pixel steps).
     let zero = input.zero_line();
     buf.offsets.clear();
     buf.offsets.resize(n * k_pad, zero);
@@ -632,7 +636,6 @@ mod avx512 {
         }
     }
 
-
     /// See [`super::dot_tile`]: 4 x 4 vector accumulators over 16 pixels at a time (8 loads per
     /// 16 FMAs; more accumulators than 16 made LLVM spill them to the stack), reduced to sums
     /// at the end.
@@ -784,7 +787,9 @@ mod tests {
             let mut x = 0;
             for &(x0, cols) in &steps {
                 assert_eq!(x0, x, "row {ld}: {steps:?}");
-                assert!(cols == NR || cols == 2 * NR);
+                // Two vectors wherever two fit, on AVX-512; one elsewhere.
+                let wide = simd() && avx512() && x0 + 2 * NR <= ld;
+                assert_eq!(cols, if wide { 2 * NR } else { NR }, "row {ld}: {steps:?}");
                 x += cols;
             }
             assert_eq!(x, ld, "row {ld}: {steps:?}");
