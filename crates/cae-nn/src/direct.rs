@@ -33,16 +33,16 @@ pub(crate) fn available() -> bool {
     *AVAILABLE.get_or_init(|| simd() && std::env::var_os("CAEC_NO_DIRECT_CONV").is_none())
 }
 
-/// Whether the tiles run on AVX-512 where the CPU has it, unless the environment sets
-/// `CAEC_NO_AVX512`: the forward tile (two 16-lane registers per output channel, MR x 2·NR
-/// values) and the weight-gradient tile (4 x 4 sums over 16 pixels). Each forward output is the
+/// Whether the tiles run on AVX-512 where the CPU has it (and AVX2 + FMA), unless the
+/// environment sets `CAEC_NO_AVX512`: the forward tile (two 16-lane registers per output
+/// channel, MR x 2·NR values) and the weight-gradient tile (4 x 4 sums over 16 pixels). Each forward output is the
 /// same chain of FMAs over the taps as on the AVX2 tile, so coding is identical bit for bit;
 /// weight gradients are summed in another order (training differs in the last bits).
 fn avx512() -> bool {
     static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     #[cfg(target_arch = "x86_64")]
     {
-        *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f") && std::env::var_os("CAEC_NO_AVX512").is_none())
+        *AVX512.get_or_init(|| simd() && is_x86_feature_detected!("avx512f") && std::env::var_os("CAEC_NO_AVX512").is_none())
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -226,7 +226,7 @@ pub(crate) fn matmul<'a>(w: &Packed, b: &[f32], ldb: usize, n: usize, buf: &'a m
 /// The column steps of a result row `ld` wide (a multiple of NR): `(x0, cols)` with cols = 2·NR
 /// where the AVX-512 tile takes two vectors per row and two fit, else NR.
 fn column_steps(ld: usize) -> impl Iterator<Item = (usize, usize)> {
-    let wide = simd() && avx512();
+    let wide = avx512();
     let mut x0 = 0;
     std::iter::from_fn(move || {
         let cols = if wide && x0 + 2 * NR <= ld { 2 * NR } else { NR };
@@ -309,7 +309,7 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
     let k = input.c * dy.len() * dx.len();
     assert_eq!(small.len(), c_a * hs * ws, "weight product: small planes");
     assert_eq!(out.len(), c_a * k, "weight product: result");
-    let wide = simd() && avx512();
+    let wide = avx512();
     let (ma, step) = dot_shape(wide);
     let (n, wpad) = (rows.len(), ws.div_ceil(step) * step);
     let (a_pad, k_pad) = (c_a.div_ceil(ma) * ma, k.div_ceil(NK) * NK);
@@ -493,6 +493,48 @@ fn accumulate_f64_portable(a: &[f64], offsets: &[usize], b: &[f64], c: &mut [f64
     }
 }
 
+/// Defines `$name`, a weight-gradient tile ([`dot_tile`]): one vector accumulator per row `i` of
+/// `small` (the literals `$i`) and tap j < NK, over `$lanes` pixels at a time, each reduced to
+/// `sums[i][j]` by `$reduce` at the end.
+///
+/// # Safety (of the defined function)
+/// The target features must be available; `block` holds rows·n·wpad floats (`wpad` a multiple
+/// of `$lanes`), `offsets + r·ld + j` (r < n, j < NK) is readable, and so is `b + offset ..
+/// + wpad` for each.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dot_kernel {
+    ($name:ident, $feature:literal, $lanes:expr, $zero:ident, $load:ident, $fma:ident, $reduce:ident, [$($i:literal),+]) => {
+        #[target_feature(enable = $feature)]
+        pub(super) unsafe fn $name(block: *const f32, n: usize, wpad: usize, offsets: *const usize, ld: usize, b: *const f32, sums: &mut super::Sums) {
+            use super::NK;
+            const ROWS: usize = [$($i),+].len();
+            const { assert!(NK == 4 && ROWS <= super::MA5) };
+            unsafe {
+                let mut acc = [[$zero(); NK]; ROWS];
+                for r in 0..n {
+                    let o = offsets.add(r * ld);
+                    let bs = [b.add(*o), b.add(*o.add(1)), b.add(*o.add(2)), b.add(*o.add(3))];
+                    let rows = [$(block.add(($i * n + r) * wpad)),+];
+                    let mut x = 0;
+                    while x < wpad {
+                        let s = [$($load(rows[$i].add(x))),+];
+                        for (j, bj) in bs.iter().enumerate() {
+                            let v = $load(bj.add(x));
+                            $(acc[$i][j] = $fma(s[$i], v, acc[$i][j]);)+
+                        }
+                        x += $lanes;
+                    }
+                }
+                for (row, acc) in sums.iter_mut().zip(&acc) {
+                    for (v, &a) in row.iter_mut().zip(acc) {
+                        *v = $reduce(a);
+                    }
+                }
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
@@ -544,48 +586,18 @@ mod avx2 {
     tile_kernel!(kernel, f32, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_broadcast_ss, _mm256_fmadd_ps);
     tile_kernel!(kernel_f64, f64, 4, _mm256_setzero_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_broadcast_sd, _mm256_fmadd_pd);
 
-    /// See [`super::dot_tile`]: 3 x 4 vector accumulators over 8 pixels at a time, reduced to
-    /// sums at the end (the first three rows of `sums`).
-    ///
-    /// # Safety
-    /// AVX2 and FMA must be available; `block` holds MA·n·wpad floats (`wpad` a multiple of 8),
-    /// `offsets + r·ld + j` (r < n, j < NK) is readable, and so is `b + offset .. + wpad` for each.
+    /// The sum of a vector's 8 lanes.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot_tile(block: *const f32, n: usize, wpad: usize, offsets: *const usize, ld: usize, b: *const f32, sums: &mut super::Sums) {
-        use super::{MA, NK};
-        const { assert!(MA == 3 && NK == 4) };
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); NK]; MA];
-            for r in 0..n {
-                let o = offsets.add(r * ld);
-                let bs = [b.add(*o), b.add(*o.add(1)), b.add(*o.add(2)), b.add(*o.add(3))];
-                let a0 = block.add(r * wpad);
-                let a1 = block.add((n + r) * wpad);
-                let a2 = block.add((2 * n + r) * wpad);
-                let mut x = 0;
-                while x < wpad {
-                    let s0 = _mm256_loadu_ps(a0.add(x));
-                    let s1 = _mm256_loadu_ps(a1.add(x));
-                    let s2 = _mm256_loadu_ps(a2.add(x));
-                    for (j, bj) in bs.iter().enumerate() {
-                        let v = _mm256_loadu_ps(bj.add(x));
-                        acc[0][j] = _mm256_fmadd_ps(s0, v, acc[0][j]);
-                        acc[1][j] = _mm256_fmadd_ps(s1, v, acc[1][j]);
-                        acc[2][j] = _mm256_fmadd_ps(s2, v, acc[2][j]);
-                    }
-                    x += 8;
-                }
-            }
-            for (row, acc) in sums.iter_mut().zip(&acc) {
-                for (v, a) in row.iter_mut().zip(acc) {
-                    let h = _mm_add_ps(_mm256_castps256_ps128(*a), _mm256_extractf128_ps(*a, 1));
-                    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-                    let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
-                    *v = _mm_cvtss_f32(h);
-                }
-            }
-        }
+    unsafe fn sum8(a: __m256) -> f32 {
+        let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+        _mm_cvtss_f32(h)
     }
+    // The weight-gradient tile: 3 x 4 vector accumulators over 8 pixels at a time (the first
+    // three rows of `sums`).
+    dot_kernel!(dot_tile, "avx2,fma", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, sum8, [0, 1, 2]);
+    const _: () = assert!(super::MA == 3);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -595,7 +607,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// The AVX2 `kernel`'s tile with `V` 16-lane accumulators per output channel (MR x V·NR
-    /// values; the weight's broadcast folded into the FMA): V = 2 makes 12 independent sums,
+    /// values; one broadcast of a weight serves its V vectors): V = 2 makes 12 independent sums,
     /// enough to keep two FMA units busy through their latency, and halves the weight loads
     /// per FMA.
     ///
@@ -636,49 +648,10 @@ mod avx512 {
         }
     }
 
-    /// See [`super::dot_tile`]: 4 x 4 vector accumulators over 16 pixels at a time (8 loads per
-    /// 16 FMAs; more accumulators than 16 made LLVM spill them to the stack), reduced to sums
-    /// at the end.
-    ///
-    /// # Safety
-    /// AVX-512F must be available; `block` holds MA5·n·wpad floats (`wpad` a multiple of 16),
-    /// `offsets + r·ld + j` (r < n, j < NK) is readable, and so is `b + offset .. + wpad` for each.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_tile(block: *const f32, n: usize, wpad: usize, offsets: *const usize, ld: usize, b: *const f32, sums: &mut super::Sums) {
-        use super::{MA5, NK};
-        const { assert!(MA5 == 4 && NK == 4) };
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); NK]; MA5];
-            for r in 0..n {
-                let o = offsets.add(r * ld);
-                let bs = [b.add(*o), b.add(*o.add(1)), b.add(*o.add(2)), b.add(*o.add(3))];
-                let a0 = block.add(r * wpad);
-                let a1 = block.add((n + r) * wpad);
-                let a2 = block.add((2 * n + r) * wpad);
-                let a3 = block.add((3 * n + r) * wpad);
-                let mut x = 0;
-                while x < wpad {
-                    let s0 = _mm512_loadu_ps(a0.add(x));
-                    let s1 = _mm512_loadu_ps(a1.add(x));
-                    let s2 = _mm512_loadu_ps(a2.add(x));
-                    let s3 = _mm512_loadu_ps(a3.add(x));
-                    for (j, bj) in bs.iter().enumerate() {
-                        let v = _mm512_loadu_ps(bj.add(x));
-                        acc[0][j] = _mm512_fmadd_ps(s0, v, acc[0][j]);
-                        acc[1][j] = _mm512_fmadd_ps(s1, v, acc[1][j]);
-                        acc[2][j] = _mm512_fmadd_ps(s2, v, acc[2][j]);
-                        acc[3][j] = _mm512_fmadd_ps(s3, v, acc[3][j]);
-                    }
-                    x += 16;
-                }
-            }
-            for (row, acc) in sums.iter_mut().zip(&acc) {
-                for (v, &a) in row.iter_mut().zip(acc) {
-                    *v = _mm512_reduce_add_ps(a);
-                }
-            }
-        }
-    }
+    // The weight-gradient tile: 4 x 4 vector accumulators over 16 pixels at a time (8 loads per
+    // 16 FMAs; 4 x 6 made LLVM spill its accumulators to the stack).
+    dot_kernel!(dot_tile, "avx512f", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_reduce_add_ps, [0, 1, 2, 3]);
+    const _: () = assert!(super::MA5 == 4);
 }
 
 #[cfg(test)]
@@ -788,7 +761,7 @@ mod tests {
             for &(x0, cols) in &steps {
                 assert_eq!(x0, x, "row {ld}: {steps:?}");
                 // Two vectors wherever two fit, on AVX-512; one elsewhere.
-                let wide = simd() && avx512() && x0 + 2 * NR <= ld;
+                let wide = avx512() && x0 + 2 * NR <= ld;
                 assert_eq!(cols, if wide { 2 * NR } else { NR }, "row {ld}: {steps:?}");
                 x += cols;
             }
