@@ -10,7 +10,7 @@ pub use int_hyper::{fixed_to_f32, IntConv, IntConvKind, IntHyperSynthesis, Predi
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use cae_nn::{conv, deconv, deconv_forward, Gdn, ModelConfig, NamedTensor};
+use cae_nn::{conv, deconv, deconv_forward, deconv_values, Gdn, ModelConfig, NamedTensor};
 
 /// `g_s`: four k x k stride-2 transposed convolutions M → N → N → N → 3, inverse GDN (or
 /// ReLU) after the first three.
@@ -30,6 +30,19 @@ impl Synthesis {
 
     /// Reconstruction, not yet clamped.
     pub fn forward(&self, y: Tensor<4>) -> Tensor<4> {
+        if !y.is_autodiff() {
+            // Decoding: plain planes between the layers, ReLU fused into the writes.
+            let (device, mut dims) = (y.device(), y.dims());
+            let mut v: Vec<f32> = y.into_data().try_into_vec_as().expect("float latent");
+            for (i, d) in self.deconvs.iter().enumerate() {
+                let igdn = self.igdns.get(i).filter(|_| i < 3);
+                (v, dims) = deconv_values(d, v, dims, i < 3 && igdn.is_none());
+                if let Some(g) = igdn {
+                    g.forward_values(&mut v, dims);
+                }
+            }
+            return Tensor::from_data(TensorData::new(v, dims), &device);
+        }
         let mut x = y;
         for (i, d) in self.deconvs.iter().enumerate() {
             x = deconv_forward(d, x);
@@ -104,6 +117,31 @@ impl HyperSynthesis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As the encoder's test: plain values between g_s's layers give what the layers give one
+    /// tensor at a time, bit for bit.
+    #[test]
+    fn values_between_layers_match_the_layer_by_layer_path() {
+        let dev = Device::flex();
+        dev.seed(6);
+        for gdn in [true, false] {
+            let cfg = ModelConfig { n: 16, m: 32, kernel: 5, gdn, lambdas: vec![0.01] };
+            let gs = Synthesis::new(&cfg, &dev);
+            let y = Tensor::<4>::random([1, 32, 5, 7], burn::tensor::Distribution::Uniform(-2.0, 2.0), &dev);
+            let mut want = y.clone();
+            for (i, d) in gs.deconvs.iter().enumerate() {
+                want = deconv_forward(d, want);
+                if i < 3 {
+                    want = match gs.igdns.get(i) {
+                        Some(g) => g.forward(want),
+                        None => relu(want),
+                    };
+                }
+            }
+            let bits = |t: Tensor<4>| -> Vec<u32> { t.into_data().try_into_vec_as::<f32>().unwrap().iter().map(|v| v.to_bits()).collect() };
+            assert_eq!(bits(gs.forward(y)), bits(want), "g_s, gdn {gdn}");
+        }
+    }
 
     #[test]
     fn integer_hyper_synthesis_tracks_the_float_one() {

@@ -4,7 +4,7 @@
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use cae_nn::{conv, conv_forward, Gdn, ModelConfig};
+use cae_nn::{conv, conv_forward, conv_values, Gdn, ModelConfig};
 
 /// `g_a`: four k x k stride-2 convolutions 3 → N → N → N → M, GDN (or ReLU) after the
 /// first three. Output: `[b, M, H/16, W/16]`.
@@ -23,6 +23,20 @@ impl Analysis {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        if !x.is_autodiff() {
+            // Coding: the layers pass plain planes to each other (no tensor per layer), ReLU
+            // fused into the convolutions' writes.
+            let (device, mut dims) = (x.device(), x.dims());
+            let mut v: Vec<f32> = x.into_data().try_into_vec_as().expect("float image");
+            for (i, c) in self.convs.iter().enumerate() {
+                let gdn = self.gdns.get(i).filter(|_| i < 3);
+                (v, dims) = conv_values(c, v, dims, i < 3 && gdn.is_none());
+                if let Some(g) = gdn {
+                    g.forward_values(&mut v, dims);
+                }
+            }
+            return Tensor::from_data(TensorData::new(v, dims), &device);
+        }
         let mut x = x;
         for (i, c) in self.convs.iter().enumerate() {
             x = conv_forward(c, x);
@@ -56,6 +70,14 @@ impl HyperAnalysis {
     }
 
     pub fn forward(&self, y: Tensor<4>) -> Tensor<4> {
+        if !y.is_autodiff() {
+            let (device, dims) = (y.device(), y.dims());
+            let v: Vec<f32> = y.into_data().try_into_vec_as().expect("float latent");
+            let (v, dims) = conv_values(&self.convs[0], v, dims, true);
+            let (v, dims) = conv_values(&self.convs[1], v, dims, true);
+            let (v, dims) = conv_values(&self.convs[2], v, dims, false);
+            return Tensor::from_data(TensorData::new(v, dims), &device);
+        }
         let x = relu(conv_forward(&self.convs[0], y));
         let x = relu(conv_forward(&self.convs[1], x));
         conv_forward(&self.convs[2], x)
@@ -65,6 +87,35 @@ impl HyperAnalysis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The coding path (plain values between layers, ReLU fused) computes what the layers
+    /// compute one tensor at a time, bit for bit, with GDN and with ReLU, at a size that is
+    /// not a multiple of any tile.
+    #[test]
+    fn values_between_layers_match_the_layer_by_layer_path() {
+        let dev = Device::flex();
+        dev.seed(5);
+        for gdn in [true, false] {
+            let cfg = ModelConfig { n: 16, m: 32, kernel: 5, gdn, lambdas: vec![0.01] };
+            let (ga, ha) = (Analysis::new(&cfg, &dev), HyperAnalysis::new(&cfg, &dev));
+            let x = Tensor::<4>::random([1, 3, 72, 104], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
+            let mut want = x.clone();
+            for (i, c) in ga.convs.iter().enumerate() {
+                want = conv_forward(c, want);
+                if i < 3 {
+                    want = match ga.gdns.get(i) {
+                        Some(g) => g.forward(want),
+                        None => relu(want),
+                    };
+                }
+            }
+            let got = ga.forward(x);
+            let bits = |t: Tensor<4>| -> Vec<u32> { t.into_data().try_into_vec_as::<f32>().unwrap().iter().map(|v| v.to_bits()).collect() };
+            assert_eq!(bits(got.clone()), bits(want.clone()), "g_a, gdn {gdn}");
+            let z_want = conv_forward(&ha.convs[2], relu(conv_forward(&ha.convs[1], relu(conv_forward(&ha.convs[0], want)))));
+            assert_eq!(bits(ha.forward(got)), bits(z_want), "h_a, gdn {gdn}");
+        }
+    }
 
     #[test]
     fn shapes() {

@@ -24,6 +24,15 @@ pub(crate) const NR: usize = 16;
 /// Taps per block: a block's input runs (KC x NR floats, 1–2 cache lines each) stay in L1
 /// while every tile of output channels uses them.
 const KC: usize = 128;
+/// Taps per block in the lane layout: a block's weights (KCL x c_out floats, 16 KiB for 64
+/// channels) and the pixels its taps read stay in L1 while the tiles sweep a row.
+const KCL: usize = 64;
+/// Output channels per lane tile (four 16-lane vectors), and pixels per lane tile: LANE_CHUNK /
+/// 16 x LP = 24 accumulators.
+const LANE_CHUNK: usize = 64;
+const LP: usize = 6;
+/// Fewest taps for the lane layout (see [`Packed::new`]).
+const LANE_MIN_TAPS: usize = 256;
 
 /// Whether convolutions take the direct product with its SIMD micro-kernel: where the CPU has
 /// AVX2 and FMA, unless the environment sets `CAEC_NO_DIRECT_CONV` (to compare against the
@@ -61,18 +70,31 @@ fn simd() -> bool {
     }
 }
 
-/// Weights `[c_out, K]` packed per block of KC taps, and within a block per tile of MR output
-/// channels: the block from tap `k0` (`kc` taps) starts at `k0·tiles·MR`, its tile `t` at
-/// `+ t·kc·MR`, and holds `w[t·MR + r, k0 + i]` at `+ i·MR + r` (zero past `c_out`), so one
-/// block's weights for all tiles are contiguous.
+/// Weights `[c_out, K]` packed per block of taps, in one of two layouts.
+///
+/// Tiles (the AVX2 and portable micro-kernels, f64; blocks of KC taps): within a block, per
+/// tile of MR output channels: the block from tap `k0` (`kc` taps) starts at `k0·tiles·MR`, its
+/// tile `t` at `+ t·kc·MR`, and holds `w[t·MR + r, k0 + i]` at `+ i·MR + r` (zero past `c_out`),
+/// so one block's weights for all tiles are contiguous.
+///
+/// Lanes (AVX-512, `c_out` a multiple of 16; blocks of KCL taps): the output channels in the
+/// vector lanes ([`accumulate_lanes`]): the block from `k0` starts at `start + k0·c_out`, its
+/// chunk of channels from `co0` (LANE_CHUNK wide, or what is left, `cw`) at `+ kc·co0`, and
+/// holds `w[co0 + j, k0 + i]` at `+ i·cw + j`; `start` puts the first weight on a 64-byte
+/// boundary, so every vector of 16 weights is one aligned cache line.
 pub(crate) struct Packed<T = f32> {
     data: Vec<T>,
+    start: usize,
     k: usize,
     c_out: usize,
+    /// Taps per block.
+    kc: usize,
+    lanes: bool,
 }
 
 impl<T: Copy + Default> Packed<T> {
-    pub(crate) fn new(w: ArrayView2<'_, T>) -> Self {
+    /// The tile layout.
+    pub(crate) fn tiled(w: ArrayView2<'_, T>) -> Self {
         let (c_out, k) = w.dim();
         let tiles = c_out.div_ceil(MR);
         let mut data = vec![T::default(); tiles * k * MR];
@@ -81,17 +103,88 @@ impl<T: Copy + Default> Packed<T> {
             let kc = KC.min(k - k0);
             data[k0 * tiles * MR + (co / MR) * kc * MR + i * MR + co % MR] = v;
         }
-        Packed { data, k, c_out }
+        Packed { data, start: 0, k, c_out, kc: KC, lanes: false }
     }
 
     fn tiles(&self) -> usize {
         self.c_out.div_ceil(MR)
     }
 
+    /// Rows of a result: `c_out`, rounded up to whole tiles in the tile layout.
+    fn rows(&self) -> usize {
+        if self.lanes {
+            self.c_out
+        } else {
+            self.tiles() * MR
+        }
+    }
+
     /// The weights of the block of taps from `k0`.
     fn block(&self, k0: usize) -> &[T] {
-        let kc = KC.min(self.k - k0);
-        &self.data[k0 * self.tiles() * MR..(k0 + kc) * self.tiles() * MR]
+        let kc = self.kc.min(self.k - k0);
+        let per_tap = if self.lanes { self.c_out } else { self.tiles() * MR };
+        &self.data[self.start + k0 * per_tap..self.start + (k0 + kc) * per_tap]
+    }
+}
+
+impl Packed<f32> {
+    /// The lane layout where [`accumulate_lanes`] runs (AVX-512, `c_out` a non-zero multiple of
+    /// 16) and there are at least LANE_MIN_TAPS taps, else the tile layout. With few taps the
+    /// result's turn from pixel-major to channel rows (one scalar move per value, against
+    /// K / 16 FMAs) costs more than the lanes save: GDN's γ · x² (64 taps) took 32 ms at the
+    /// first layer of a 768x512 image against 20 ms on the tiles.
+    pub(crate) fn new(w: ArrayView2<'_, f32>) -> Self {
+        Self::with_lanes(w, lanes_fit(w.nrows()) && w.ncols() >= LANE_MIN_TAPS)
+    }
+
+    fn with_lanes(w: ArrayView2<'_, f32>, lanes: bool) -> Self {
+        if !lanes {
+            return Self::tiled(w);
+        }
+        let (c_out, k) = w.dim();
+        assert!(lanes_fit(c_out), "lane layout without AVX-512 or for {c_out} channels");
+        let mut data = vec![0f32; c_out * k + 16];
+        let start = (16 - (data.as_ptr() as usize / 4) % 16) % 16;
+        for ((co, kk), &v) in w.indexed_iter() {
+            let (k0, i) = (kk / KCL * KCL, kk % KCL);
+            let kc = KCL.min(k - k0);
+            let co0 = co / LANE_CHUNK * LANE_CHUNK;
+            let cw = LANE_CHUNK.min(c_out - co0);
+            data[start + k0 * c_out + kc * co0 + i * cw + co - co0] = v;
+        }
+        Packed { data, start, k, c_out, kc: KCL, lanes: true }
+    }
+
+    /// `out[co·ld + x]` (co < [`Packed::rows`], x < n; columns from n to `ld` unspecified) = Σ
+    /// over taps i of `w[co, i] · b[offsets[i] + x]`. `ld` must be `n` rounded up to NR, and
+    /// each `b[offsets[i]..]` hold `ld` values in the tile layout, `n` in the lane layout.
+    fn apply(&self, offsets: &[usize], b: &[f32], n: usize, ld: usize, out: &mut [f32], lanes: &mut Vec<f32>) {
+        let k = self.k;
+        assert!(offsets.len() == k && ld == n.div_ceil(NR) * NR && out.len() >= self.rows() * ld, "packed product shapes");
+        if k == 0 {
+            // A phase of a transposed convolution that meets no tap (kernel smaller than the stride).
+            out.fill(0.0);
+            return;
+        }
+        if self.lanes {
+            lanes.resize(n * self.c_out, 0.0);
+            for k0 in (0..k).step_by(self.kc) {
+                accumulate_lanes(self.block(k0), &offsets[k0..(k0 + self.kc).min(k)], b, lanes, n, self.c_out, k0 == 0);
+            }
+            // Pixel-major to channel rows.
+            for (x, values) in lanes.chunks_exact(self.c_out).take(n).enumerate() {
+                for (co, &v) in values.iter().enumerate() {
+                    out[co * ld + x] = v;
+                }
+            }
+            return;
+        }
+        for k0 in (0..k).step_by(self.kc) {
+            let offsets = &offsets[k0..(k0 + self.kc).min(k)];
+            for (x0, cols) in column_steps(ld) {
+                accumulate(self.block(k0), offsets, &b[x0..], &mut out[x0..], ld, cols, k0 == 0);
+            }
+        }
     }
 }
 
@@ -123,9 +216,26 @@ impl<T: Copy + Default + Send + Sync> Padded<T> {
         let mut data = vec![T::default(); (c * h * stride + 1) * width];
         data.par_chunks_mut(h * stride * width).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
             for (lines, row) in out.chunks_mut(stride * width).zip(plane.chunks(w)) {
-                for (phase, line) in lines.chunks_mut(width).enumerate() {
-                    for (o, &v) in line[left..].iter_mut().zip(row.iter().skip(phase).step_by(stride)) {
-                        *o = v;
+                match stride {
+                    1 => lines[left..left + w].copy_from_slice(row),
+                    // Both phases in one pass over pairs (which vectorises; `step_by` did not).
+                    2 => {
+                        let (even, odd) = lines.split_at_mut(width);
+                        let pairs = row.chunks_exact(2);
+                        if let [last] = pairs.remainder() {
+                            even[left + w / 2] = *last;
+                        }
+                        for ((e, o), pair) in even[left..].iter_mut().zip(&mut odd[left..]).zip(pairs) {
+                            *e = pair[0];
+                            *o = pair[1];
+                        }
+                    }
+                    _ => {
+                        for (phase, line) in lines.chunks_mut(width).enumerate() {
+                            for (o, &v) in line[left..].iter_mut().zip(row.iter().skip(phase).step_by(stride)) {
+                                *o = v;
+                            }
+                        }
                     }
                 }
             }
@@ -171,6 +281,8 @@ impl<T: Copy + Default + Send + Sync> Padded<T> {
 pub(crate) struct Buffers {
     offsets: Vec<usize>,
     row: Vec<f32>,
+    /// A row of results pixel-major (lane layout).
+    lanes: Vec<f32>,
 }
 
 /// For output rows `rows`: `emit(r, values, stride)` once per row, with `values[co·stride + x]`
@@ -179,23 +291,13 @@ pub(crate) struct Buffers {
 /// r)·stride + dy, x·stride + dx]` (zero outside the input): what im2col + GEMM compute.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn product(input: &Padded, w: &Packed, dy: &[isize], dx: &[isize], rows: std::ops::Range<usize>, w_out: usize, buf: &mut Buffers, mut emit: impl FnMut(usize, &[f32], usize)) {
-    let k = w.k;
-    assert_eq!(k, input.c * dy.len() * dx.len(), "direct product: taps and weights");
+    assert_eq!(w.k, input.c * dy.len() * dx.len(), "direct product: taps and weights");
     let ld = w_out.div_ceil(NR) * NR;
-    buf.offsets.resize(k, 0);
-    buf.row.resize(w.tiles() * MR * ld, 0.0);
+    buf.offsets.resize(w.k, 0);
+    buf.row.resize(w.rows() * ld, 0.0);
     for (r, oy) in rows.enumerate() {
         input.offsets(oy, dy, dx, &mut buf.offsets);
-        if k == 0 {
-            // A phase of a transposed convolution that meets no tap (kernel smaller than the stride).
-            buf.row.fill(0.0);
-        }
-        for k0 in (0..k).step_by(KC) {
-            let offsets = &buf.offsets[k0..(k0 + KC).min(k)];
-            for (x0, cols) in column_steps(ld) {
-                accumulate(w.block(k0), offsets, &input.data[x0..], &mut buf.row[x0..], ld, cols, k0 == 0);
-            }
-        }
+        w.apply(&buf.offsets, &input.data, w_out, ld, &mut buf.row, &mut buf.lanes);
         emit(r, &buf.row, ld);
     }
 }
@@ -210,17 +312,9 @@ pub(crate) fn matmul<'a>(w: &Packed, b: &[f32], ldb: usize, n: usize, buf: &'a m
     assert!(ldb >= ld && b.len() >= k * ldb, "matmul: rows of b shorter than the runs read");
     buf.offsets.clear();
     buf.offsets.extend((0..k).map(|j| j * ldb));
-    buf.row.resize(w.tiles() * MR * ld, 0.0);
-    if k == 0 {
-        buf.row.fill(0.0);
-    }
-    for k0 in (0..k).step_by(KC) {
-        let offsets = &buf.offsets[k0..(k0 + KC).min(k)];
-        for (x0, cols) in column_steps(ld) {
-            accumulate(w.block(k0), offsets, &b[x0..], &mut buf.row[x0..], ld, cols, k0 == 0);
-        }
-    }
-    (&buf.row[..w.tiles() * MR * ld], ld)
+    buf.row.resize(w.rows() * ld, 0.0);
+    w.apply(&buf.offsets, b, n, ld, &mut buf.row, &mut buf.lanes);
+    (&buf.row[..w.rows() * ld], ld)
 }
 
 /// The column steps of a result row `ld` wide (a multiple of NR): `(x0, cols)` with cols = 2·NR
@@ -279,6 +373,40 @@ fn accumulate_on(wide: bool, a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f
         return;
     }
     accumulate_portable(a, offsets, b, c, ld, cols, first);
+}
+
+/// Whether the lane layout serves `c_out` output channels: AVX-512 and a non-zero multiple of 16.
+/// The environment can turn the lane layout off (`CAEC_NO_LANES`), to compare.
+fn lanes_fit(c_out: usize) -> bool {
+    static LANES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LANES.get_or_init(|| avx512() && std::env::var_os("CAEC_NO_LANES").is_none()) && c_out > 0 && c_out.is_multiple_of(16)
+}
+
+/// The lane tiles: for every pixel x < n and output channel co < c_out, `c[x·c_out + co]` becomes
+/// (`first`: 0, else itself) + Σ_i a[i·cw + co − co0] · b[offsets[i] + x] (per chunk of channels
+/// from co0, cw wide: `a` is one block of the lane layout, kc = `offsets.len()` taps). Each sum
+/// is the same chain of FMAs over the taps as on the tile kernels, so the results are identical
+/// bit for bit. Checked: every value read or written lies in `a`, `b` and `c`.
+fn accumulate_lanes(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], n: usize, c_out: usize, first: bool) {
+    let kc = offsets.len();
+    assert!(lanes_fit(c_out) && a.len() == kc * c_out && c.len() >= n * c_out, "lane tile shapes");
+    let last = offsets.iter().copied().max().unwrap_or(0);
+    assert!(kc == 0 || last + n <= b.len(), "lane tile: a run outside the input");
+    #[cfg(target_arch = "x86_64")]
+    for x0 in (0..n).step_by(LP) {
+        let q = LP.min(n - x0);
+        for co0 in (0..c_out).step_by(LANE_CHUNK) {
+            let v = LANE_CHUNK.min(c_out - co0) / 16;
+            // SAFETY: AVX-512F is present (lanes_fit); the chunk's weights `a[kc·co0 ..][..kc·16·v]`
+            // lie in `a` (kc·c_out floats), every pixel read `b[offsets[i] + x0 + p]` (p < q ≤ n −
+            // x0) below `last + n ≤ b.len()`, and every value of the tile `c[(x0 + p)·c_out + co0
+            // ..][..16·v]` below `n·c_out ≤ c.len()`: all checked above.
+            #[allow(unsafe_code)]
+            unsafe {
+                avx512::lanes(v, q, kc, a.as_ptr().add(kc * co0), offsets.as_ptr(), b.as_ptr().add(x0), c.as_mut_ptr().add(x0 * c_out + co0), c_out, first);
+            }
+        }
+    }
 }
 
 /// Rows of `small` per weight-gradient tile (MA: 3 on AVX2 and the portable loop, MA5 = 4 on
@@ -423,7 +551,7 @@ pub fn conv3x3_exact(input: &[f64], c_in: usize, h: usize, w: usize, weight: &[f
     }
     let taps = [-1isize, 0, 1];
     let planes = Padded::new(input, c_in, h, w, 1, &taps, w);
-    let packed = Packed::new(ArrayView2::from_shape((c_out, c_in * 9), weight).expect("weights [c_out, c_in·9]"));
+    let packed = Packed::tiled(ArrayView2::from_shape((c_out, c_in * 9), weight).expect("weights [c_out, c_in·9]"));
     let (k, ld) = (c_in * 9, w.div_ceil(NR64) * NR64);
     let rows: Vec<Vec<f64>> = (0..h)
         .into_par_iter()
@@ -648,6 +776,80 @@ mod avx512 {
         }
     }
 
+    /// The lane tile: `V` vectors of 16 output channels x `P` pixels (V·P accumulators), the
+    /// pixel `q` of tap `i` at `b + offsets[i] + q` broadcast against the tap's V weight vectors
+    /// at `a + i·16·V`; the tile at `c + q·ldc + 16·v`, from zero (`first`) or from its values.
+    /// Per tap: V aligned weight loads and P broadcasts for V·P FMAs (the tile kernel: 2 runs,
+    /// which split cache lines, and 6 broadcasts for 12).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `a` holds `kc·16·V` values, `offsets` `kc` entries, `b +
+    /// offsets[i] ..` is readable for P values, `c + q·ldc ..` writable for 16·V values, q < P.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lane_tile<const V: usize, const P: usize>(kc: usize, a: *const f32, offsets: *const usize, b: *const f32, c: *mut f32, ldc: usize, first: bool) {
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); V]; P];
+            if !first {
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    for (v, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_loadu_ps(c.add(q * ldc + v * 16));
+                    }
+                }
+            }
+            for i in 0..kc {
+                let p = b.add(*offsets.add(i));
+                let w = a.add(i * 16 * V);
+                let mut wv = [_mm512_setzero_ps(); V];
+                for (v, wv) in wv.iter_mut().enumerate() {
+                    *wv = _mm512_loadu_ps(w.add(v * 16));
+                }
+                for (q, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*p.add(q));
+                    for (acc, &wv) in acc.iter_mut().zip(&wv) {
+                        *acc = _mm512_fmadd_ps(wv, x, *acc);
+                    }
+                }
+            }
+            for (q, acc) in acc.iter().enumerate() {
+                for (v, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(c.add(q * ldc + v * 16), *acc);
+                }
+            }
+        }
+    }
+
+    /// [`lane_tile`] with `v` vectors (1–4) and `q` pixels (1–LP).
+    ///
+    /// # Safety
+    /// As [`lane_tile`]'s, with V = v and P = q.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn lanes(v: usize, q: usize, kc: usize, a: *const f32, offsets: *const usize, b: *const f32, c: *mut f32, ldc: usize, first: bool) {
+        unsafe fn by_pixels<const V: usize>(q: usize, kc: usize, a: *const f32, offsets: *const usize, b: *const f32, c: *mut f32, ldc: usize, first: bool) {
+            const _: () = assert!(super::LP == 6);
+            unsafe {
+                match q {
+                    6 => lane_tile::<V, 6>(kc, a, offsets, b, c, ldc, first),
+                    5 => lane_tile::<V, 5>(kc, a, offsets, b, c, ldc, first),
+                    4 => lane_tile::<V, 4>(kc, a, offsets, b, c, ldc, first),
+                    3 => lane_tile::<V, 3>(kc, a, offsets, b, c, ldc, first),
+                    2 => lane_tile::<V, 2>(kc, a, offsets, b, c, ldc, first),
+                    1 => lane_tile::<V, 1>(kc, a, offsets, b, c, ldc, first),
+                    _ => unreachable!("lane tile of {q} pixels"),
+                }
+            }
+        }
+        const _: () = assert!(super::LANE_CHUNK == 64);
+        unsafe {
+            match v {
+                4 => by_pixels::<4>(q, kc, a, offsets, b, c, ldc, first),
+                3 => by_pixels::<3>(q, kc, a, offsets, b, c, ldc, first),
+                2 => by_pixels::<2>(q, kc, a, offsets, b, c, ldc, first),
+                1 => by_pixels::<1>(q, kc, a, offsets, b, c, ldc, first),
+                _ => unreachable!("lane tile of {v} vectors"),
+            }
+        }
+    }
+
     // The weight-gradient tile: 4 x 4 vector accumulators over 16 pixels at a time (8 loads per
     // 16 FMAs; 4 x 6 made LLVM spill its accumulators to the stack).
     dot_kernel!(dot_tile, "avx512f", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_reduce_add_ps, [0, 1, 2, 3]);
@@ -676,6 +878,42 @@ mod tests {
                     accumulate_portable(&a, &offsets, &b, &mut plain, 40, cols, first);
                     for (i, (p, q)) in fast.iter().zip(&plain).enumerate() {
                         assert!((p - q).abs() <= 1e-5, "wide {wide}, {cols} columns, kc {kc}, element {i}: {p} vs {q}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lane_tiles_equal_the_tile_kernels_bit_for_bit() {
+        if !avx512() {
+            eprintln!("this CPU has no AVX-512: the lane layout is never used");
+            return;
+        }
+        let mut rng = crate::TestRng::new(17);
+        // Chunks of 64 and what is left (16, 32, 48), pixels past whole tiles of LP, taps over
+        // several blocks of either layout (KC, KCL).
+        for c_out in [16, 32, 48, 64, 96, 112] {
+            for (k, n) in [(1usize, 1usize), (5, 7), (64, 13), (75, 6), (200, 50)] {
+                let w = ndarray::Array2::from_shape_vec((c_out, k), rng.values(c_out * k, -0.5, 0.5)).unwrap();
+                let b = rng.values(2000, -1.0, 1.0);
+                let ld = n.div_ceil(NR) * NR;
+                let offsets: Vec<usize> = (0..k).map(|i| (i * 131) % (2000 - ld)).collect();
+                let (tiled, lanes) = (Packed::tiled(w.view()), Packed::with_lanes(w.view(), true));
+                assert!(lanes.lanes && !tiled.lanes);
+                let mut scratch = Vec::new();
+                let mut got = |p: &Packed| {
+                    let mut out = vec![f32::NAN; p.rows() * ld];
+                    p.apply(&offsets, &b, n, ld, &mut out, &mut scratch);
+                    out
+                };
+                let (t, l) = (got(&tiled), got(&lanes));
+                for co in 0..c_out {
+                    for x in 0..n {
+                        let (p, q) = (t[co * ld + x], l[co * ld + x]);
+                        assert_eq!(p.to_bits(), q.to_bits(), "{c_out} channels, {k} taps, {n} pixels, at {co},{x}: {p} vs {q}");
+                        let want: f64 = (0..k).map(|i| w[[co, i]] as f64 * b[offsets[i] + x] as f64).sum();
+                        assert!((q as f64 - want).abs() <= 1e-4, "{c_out} channels, {k} taps: {q} vs {want}");
                     }
                 }
             }

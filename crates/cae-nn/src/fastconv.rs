@@ -114,13 +114,13 @@ fn im2col(input: &Planes<'_>, taps: &Taps<'_>, rows: std::ops::Range<usize>, w_o
 /// A k x k convolution (any stride, zero padding `pad`) of `x` (`[b, c_in, h, w]`), weights
 /// `[c_out, c_in, k, k]` as burn stores them.
 pub fn conv2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize) -> (Vec<f32>, [usize; 4]) {
-    conv2d_using(direct::available(), x, dims, weight, bias, c_out, k, stride, pad)
+    conv2d_using(direct::available(), x, dims, weight, bias, c_out, k, stride, pad, false)
 }
 
 /// [`conv2d`] through the direct product (`use_direct`; with SIMD where [`direct::available`])
 /// or through im2col blocks and ndarray's matrix product.
 #[allow(clippy::too_many_arguments)]
-fn conv2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize) -> (Vec<f32>, [usize; 4]) {
+fn conv2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize, relu: bool) -> (Vec<f32>, [usize; 4]) {
     let [b, c_in, h, w] = dims;
     assert!(stride > 0 && h + 2 * pad >= k && w + 2 * pad >= k, "conv2d: kernel larger than the padded input");
     assert_eq!(x.len(), b * c_in * h * w, "conv2d: input length");
@@ -151,7 +151,7 @@ fn conv2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], b
                             let mut line = plane.row_mut(r);
                             let line = line.as_slice_mut().expect("contiguous output row");
                             for (d, &v) in line.iter_mut().zip(&values[co * ld..co * ld + w_out]) {
-                                *d = v + add;
+                                *d = activate(v + add, relu);
                             }
                         }
                     });
@@ -170,7 +170,7 @@ fn conv2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], b
                 let add = bias.map_or(0.0, |values| values[co]);
                 for (mut dst, seg) in band.index_axis_mut(Axis(0), co).outer_iter_mut().zip(src.exact_chunks(w_out)) {
                     for (d, &v) in dst.iter_mut().zip(seg.iter()) {
-                        *d = v + add;
+                        *d = activate(v + add, relu);
                     }
                 }
             }
@@ -185,12 +185,12 @@ fn conv2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], b
 /// phases is an ordinary stride-1 convolution of the input with those taps, flipped.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize, pad_out: usize) -> (Vec<f32>, [usize; 4]) {
-    conv_transpose2d_using(direct::available(), x, dims, weight, bias, c_out, k, stride, pad, pad_out)
+    conv_transpose2d_using(direct::available(), x, dims, weight, bias, c_out, k, stride, pad, pad_out, false)
 }
 
 /// [`conv_transpose2d`] through the direct product or through im2col (see [`conv2d_using`]).
 #[allow(clippy::too_many_arguments)]
-fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize, pad_out: usize) -> (Vec<f32>, [usize; 4]) {
+fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize, pad_out: usize, relu: bool) -> (Vec<f32>, [usize; 4]) {
     let [b, c_in, h, w] = dims;
     assert!(stride > 0 && h > 0 && w > 0 && 2 * pad < k + pad_out, "conv_transpose2d: empty input or output");
     assert_eq!(x.len(), b * c_in * h * w, "conv_transpose2d: input length");
@@ -262,7 +262,7 @@ fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight:
                                     let mut line = plane.row_mut((y0 + r) * stride + py - rows.start);
                                     let line = line.as_slice_mut().expect("contiguous output row");
                                     for (d, &v) in line.iter_mut().skip(px).step_by(stride).zip(&values[co * ld..co * ld + xw]) {
-                                        *d = v + add;
+                                        *d = activate(v + add, relu);
                                     }
                                 }
                             });
@@ -287,7 +287,7 @@ fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight:
                             let row = yy * stride + py - rows.start;
                             let mut line = plane.index_axis_mut(Axis(0), row);
                             for (d, &v) in line.iter_mut().skip(px).step_by(stride).zip(&src[r * xw..(r + 1) * xw]) {
-                                *d = v + add;
+                                *d = activate(v + add, relu);
                             }
                         }
                     }
@@ -427,77 +427,109 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as().expect("float tensor")
 }
 
-/// `conv.forward(x)`, through [`conv2d`] when `x` carries no autodiff graph (coding).
-pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    let pad = match conv.padding {
-        PaddingConfig2d::Explicit(a, b, c, d) if a == b && b == c && c == d => Some(a),
-        _ => None,
-    };
+/// `v`, or `max(v, 0)` where `relu`: the activation fused into the writes of a result.
+#[inline(always)]
+fn activate(v: f32, relu: bool) -> f32 {
+    if relu {
+        v.max(0.0)
+    } else {
+        v
+    }
+}
+
+/// The square padding of `conv` where its geometry is one [`conv2d`] computes (square kernel,
+/// equal strides, equal padding on every side, no groups or dilation).
+fn plain_padding(conv: &Conv2d) -> Option<usize> {
     let [k0, k1] = conv.kernel_size;
     let plain = conv.groups == 1 && conv.dilation == [1, 1] && conv.stride[0] == conv.stride[1] && k0 == k1;
+    match conv.padding {
+        PaddingConfig2d::Explicit(a, b, c, d) if plain && a == b && b == c && c == d => Some(a),
+        _ => None,
+    }
+}
+
+/// `conv.forward(x)`, through [`conv2d`] when `x` carries no autodiff graph (coding).
+pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if x.is_autodiff() {
-        if let (Some(pad), true, Some(bias)) = (pad, plain, conv.bias.as_ref()) {
-            let g = crate::conv_op::Geometry { k: k0, stride: conv.stride[0], pad, pad_out: 0 };
+        if let (Some(pad), Some(bias)) = (plain_padding(conv), conv.bias.as_ref()) {
+            let g = crate::conv_op::Geometry { k: conv.kernel_size[0], stride: conv.stride[0], pad, pad_out: 0 };
             if let Some(y) = crate::conv_op::conv(&x, &conv.weight.val(), &bias.val(), g, false) {
                 return y;
             }
         }
         return conv.forward(x);
     }
-    match pad {
-        Some(pad) if plain && x.dims().iter().all(|&d| d > 0) && x.dims()[2] + 2 * pad >= k0 && x.dims()[3] + 2 * pad >= k0 => {
-            let device = x.device();
-            let dims = x.dims();
+    let (device, dims) = (x.device(), x.dims());
+    let (y, shape) = conv_values(conv, values(x), dims, false);
+    Tensor::from_data(TensorData::new(y, shape), &device)
+}
+
+/// Coding without burn's tensors between layers: `conv`'s forward of the planes `x` (`dims`,
+/// NCHW), then ReLU where `relu`, through [`conv2d`] where the geometry allows (else burn's
+/// own operation). Returns the output planes and their dims.
+pub fn conv_values(conv: &Conv2d, x: Vec<f32>, dims: [usize; 4], relu: bool) -> (Vec<f32>, [usize; 4]) {
+    let k = conv.kernel_size[0];
+    match plain_padding(conv) {
+        Some(pad) if dims.iter().all(|&d| d > 0) && dims[2] + 2 * pad >= k && dims[3] + 2 * pad >= k => {
             let c_out = conv.weight.val().dims()[0];
             let bias = conv.bias.as_ref().map(|b| values(b.val()));
-            let (y, shape) = conv2d(&values(x), dims, &values(conv.weight.val()), bias.as_deref(), c_out, k0, conv.stride[0], pad);
-            Tensor::from_data(TensorData::new(y, shape), &device)
+            conv2d_using(direct::available(), &x, dims, &values(conv.weight.val()), bias.as_deref(), c_out, k, conv.stride[0], pad, relu)
         }
-        _ => conv.forward(x),
+        _ => burn_values(x, dims, relu, &conv.weight.val().device(), |t| conv.forward(t)),
     }
 }
 
-/// `deconv.forward(x)`, through [`conv_transpose2d`] when `x` carries no autodiff graph.
-pub fn deconv_forward(deconv: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
+/// `layer` run by burn on the planes `x`, then ReLU where `relu`: the fallback of
+/// [`conv_values`] and [`deconv_values`].
+fn burn_values(x: Vec<f32>, dims: [usize; 4], relu: bool, device: &Device, layer: impl Fn(Tensor<4>) -> Tensor<4>) -> (Vec<f32>, [usize; 4]) {
+    let y = layer(Tensor::from_data(TensorData::new(x, dims), device));
+    let y = if relu { burn::tensor::activation::relu(y) } else { y };
+    let shape = y.dims();
+    (values(y), shape)
+}
+
+/// Whether [`conv_transpose2d`] computes `deconv`'s geometry (square kernel, equal strides,
+/// paddings and output paddings, no groups or dilation, padding inside the kernel).
+fn plain_transposed(deconv: &ConvTranspose2d) -> bool {
     let [k0, k1] = deconv.kernel_size;
-    let plain = deconv.groups == 1
+    deconv.groups == 1
         && deconv.dilation == [1, 1]
         && deconv.stride[0] == deconv.stride[1]
         && deconv.padding[0] == deconv.padding[1]
         && deconv.padding_out[0] == deconv.padding_out[1]
         && k0 == k1
-        && deconv.padding[0] * 2 < k0 + deconv.padding_out[0];
+        && deconv.padding[0] * 2 < k0 + deconv.padding_out[0]
+}
+
+/// `deconv.forward(x)`, through [`conv_transpose2d`] when `x` carries no autodiff graph.
+pub fn deconv_forward(deconv: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
     if x.is_autodiff() {
-        if let (true, Some(bias)) = (plain, deconv.bias.as_ref()) {
-            let g = crate::conv_op::Geometry { k: k0, stride: deconv.stride[0], pad: deconv.padding[0], pad_out: deconv.padding_out[0] };
+        if let (true, Some(bias)) = (plain_transposed(deconv), deconv.bias.as_ref()) {
+            let g = crate::conv_op::Geometry { k: deconv.kernel_size[0], stride: deconv.stride[0], pad: deconv.padding[0], pad_out: deconv.padding_out[0] };
             if let Some(y) = crate::conv_op::conv(&x, &deconv.weight.val(), &bias.val(), g, true) {
                 return y;
             }
         }
         return deconv.forward(x);
     }
-    let c_out = deconv.weight.val().dims()[1];
-    // With few output channels (g_s's last layer, 64 → 3) each phase's product has 3 rows
-    // and the im2col block dominates: burn's form (one product over the input channels,
-    // then a scatter of the k² taps) is 3x faster there (measured in `caec decompress`).
-    if !plain || c_out < MIN_PHASE_CHANNELS || x.dims().iter().any(|&d| d == 0) {
-        return deconv.forward(x);
-    }
-    let device = x.device();
-    let dims = x.dims();
-    let bias = deconv.bias.as_ref().map(|b| values(b.val()));
-    let (y, shape) = conv_transpose2d(
-        &values(x),
-        dims,
-        &values(deconv.weight.val()),
-        bias.as_deref(),
-        c_out,
-        k0,
-        deconv.stride[0],
-        deconv.padding[0],
-        deconv.padding_out[0],
-    );
+    let (device, dims) = (x.device(), x.dims());
+    let (y, shape) = deconv_values(deconv, values(x), dims, false);
     Tensor::from_data(TensorData::new(y, shape), &device)
+}
+
+/// [`conv_values`] for a transposed convolution, through [`conv_transpose2d`].
+pub fn deconv_values(deconv: &ConvTranspose2d, x: Vec<f32>, dims: [usize; 4], relu: bool) -> (Vec<f32>, [usize; 4]) {
+    let c_out = deconv.weight.val().dims()[1];
+    // With few output channels (g_s's last layer, 64 → 3) each phase's product has 3 rows:
+    // burn's form (one product over the input channels, then a scatter of the k² taps) is
+    // faster there, 3x against im2col and 1.7x against the direct product (21 against 37 ms
+    // at 768x512, layers bench).
+    if !plain_transposed(deconv) || c_out < MIN_PHASE_CHANNELS || dims.iter().any(|&d| d == 0) {
+        return burn_values(x, dims, relu, &deconv.weight.val().device(), |t| deconv.forward(t));
+    }
+    let bias = deconv.bias.as_ref().map(|b| values(b.val()));
+    let k = deconv.kernel_size[0];
+    conv_transpose2d_using(direct::available(), &x, dims, &values(deconv.weight.val()), bias.as_deref(), c_out, k, deconv.stride[0], deconv.padding[0], deconv.padding_out[0], relu)
 }
 
 #[cfg(test)]
@@ -568,8 +600,8 @@ mod tests {
             (3, 5, 1, 1, 6, 14, 1),
         ] {
             let (x, wt, bias) = (random(2 * c_in * h * w), random(c_out * c_in * k * k), random(c_out));
-            let a = conv2d_using(true, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, pad);
-            let b = conv2d_using(false, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, pad);
+            let a = conv2d_using(true, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, pad, false);
+            let b = conv2d_using(false, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, pad, false);
             assert_eq!(a.1, b.1);
             close(&a.0, &b.0, &format!("direct conv {c_in}->{c_out} k{k} s{stride} {h}x{w}"));
             // The weight gradient for an output gradient of the output's shape.
@@ -580,8 +612,8 @@ mod tests {
         }
         for (c_in, c_out, k, h, w, pad_out) in [(6, 3, 5, 11, 17, 1), (8, 8, 5, 4, 6, 1), (5, 4, 3, 7, 5, 1), (4, 3, 5, 1, 1, 1), (4, 17, 5, 13, 200, 1), (5, 6, 5, 7, 30, 0), (3, 4, 1, 5, 9, 1)] {
             let (x, wt, bias) = (random(2 * c_in * h * w), random(c_in * c_out * k * k), random(c_out));
-            let a = conv_transpose2d_using(true, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, 2, k / 2, pad_out);
-            let b = conv_transpose2d_using(false, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, 2, k / 2, pad_out);
+            let a = conv_transpose2d_using(true, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, 2, k / 2, pad_out, false);
+            let b = conv_transpose2d_using(false, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, 2, k / 2, pad_out, false);
             assert_eq!(a.1, b.1);
             close(&a.0, &b.0, &format!("direct deconv {c_in}->{c_out} k{k} {h}x{w}"));
         }

@@ -93,15 +93,22 @@ impl Gdn {
     /// divide), which at the first layer of a 768x512 image is 5 x 25 MB.
     fn forward_fused(&self, x: Tensor<4>) -> Tensor<4> {
         let dims = x.dims();
-        let c = dims[1];
         let device = x.device();
+        let mut data: Vec<f32> = x.into_data().try_into_vec_as().expect("float input");
+        self.forward_values(&mut data, dims);
+        Tensor::from_data(TensorData::new(data, dims), &device)
+    }
+
+    /// Inference in place on planes `data` (`dims`, NCHW), without burn's tensors: the fused
+    /// pass of [`Gdn::forward_fused`], for networks that keep their activations as plain
+    /// values between layers.
+    pub fn forward_values(&self, data: &mut [f32], dims: [usize; 4]) {
+        let c = dims[1];
         let (beta, gamma) = self.effective();
         let beta: Vec<f32> = beta.into_data().try_into_vec_as().expect("float beta");
         let gamma: Vec<f32> = gamma.into_data().try_into_vec_as().expect("float gamma");
         let gamma = ndarray::ArrayView2::from_shape((c, c), &gamma[..]).expect("gamma is c x c");
-        let mut data: Vec<f32> = x.into_data().try_into_vec_as().expect("float input");
-        normalise(&mut data, None, dims, &beta, gamma, self.inverse);
-        Tensor::from_data(TensorData::new(data, dims), &device)
+        normalise(data, None, dims, &beta, gamma, self.inverse);
     }
 }
 
