@@ -437,6 +437,16 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
     let k = input.c * dy.len() * dx.len();
     assert_eq!(small.len(), c_a * hs * ws, "weight product: small planes");
     assert_eq!(out.len(), c_a * k, "weight product: result");
+    if lanes_fit(c_a) {
+        return weight_product_lanes(input, small, c_a, hs, ws, dy, dx, rows, buf, out);
+    }
+    weight_product_dots(input, small, c_a, hs, ws, dy, dx, rows, buf, out)
+}
+
+/// [`weight_product`] on the dot-product tiles ([`dot_tile`]).
+#[allow(clippy::too_many_arguments)]
+fn weight_product_dots(input: &Padded, small: &[f32], c_a: usize, hs: usize, ws: usize, dy: &[isize], dx: &[isize], rows: std::ops::Range<usize>, buf: &mut Buffers, out: &mut [f32]) {
+    let k = input.c * dy.len() * dx.len();
     let wide = avx512();
     let (ma, step) = dot_shape(wide);
     let (n, wpad) = (rows.len(), ws.div_ceil(step) * step);
@@ -469,6 +479,61 @@ pub(crate) fn weight_product(input: &Padded, small: &[f32], c_a: usize, hs: usiz
             for (i, row) in sums.iter().take(ma).enumerate().filter(|(i, _)| a0 + i < c_a) {
                 for (j, &v) in row.iter().enumerate().filter(|(j, _)| k0 + j < k) {
                     out[(a0 + i) * k + k0 + j] += v;
+                }
+            }
+        }
+    }
+}
+
+/// [`weight_product`] with the rows of `small` in the vector lanes (AVX-512, `c_a` a multiple
+/// of 16): the band of `small` turned pixel-major once, then per group of LP taps and chunk of
+/// up to LANE_CHUNK rows one tile of LP x (chunk / 16) vector sums over every pixel of the band
+/// ([`avx512::weight_lanes`]: per pixel, the chunk's values in aligned loads and one broadcast
+/// value per tap; no line-splitting runs, no horizontal sums).
+#[allow(clippy::too_many_arguments)]
+fn weight_product_lanes(input: &Padded, small: &[f32], c_a: usize, hs: usize, ws: usize, dy: &[isize], dx: &[isize], rows: std::ops::Range<usize>, buf: &mut Buffers, out: &mut [f32]) {
+    let k = input.c * dy.len() * dx.len();
+    let (n, k_pad) = (rows.len(), k.div_ceil(LP) * LP);
+    assert!(lanes_fit(c_a) && small.len() == c_a * hs * ws && out.len() == c_a * k && rows.end <= hs, "weight product (lanes): shapes");
+    // The band of `small`, pixel-major: value (a, row r, column x) at (r·ws + x)·c_a + a.
+    buf.row.clear();
+    buf.row.resize(n * ws * c_a, 0.0);
+    // By blocks of 16 columns, so that the 16 pixel-major rows being written stay in L1.
+    for (r, y) in rows.clone().enumerate() {
+        for x0 in (0..ws).step_by(16) {
+            let xs = x0..(x0 + 16).min(ws);
+            let block = &mut buf.row[(r * ws + x0) * c_a..(r * ws + xs.end) * c_a];
+            for a in 0..c_a {
+                for (pixel, &v) in block.chunks_exact_mut(c_a).zip(&small[(a * hs + y) * ws + x0..(a * hs + y) * ws + xs.end]) {
+                    pixel[a] = v;
+                }
+            }
+        }
+    }
+    // Offsets per row, taps padded to a multiple of LP with the start of the zero line.
+    buf.offsets.clear();
+    buf.offsets.resize(n * k_pad, input.zero_line());
+    for (r, y) in rows.enumerate() {
+        input.offsets(y, dy, dx, &mut buf.offsets[r * k_pad..r * k_pad + k]);
+    }
+    let last = buf.offsets.iter().copied().max().unwrap_or(0);
+    assert!(last + ws <= input.data.len(), "weight product (lanes): a run outside the input");
+    let mut sums = [0f32; LP * LANE_CHUNK];
+    #[cfg(target_arch = "x86_64")]
+    for t0 in (0..k_pad).step_by(LP) {
+        for co0 in (0..c_a).step_by(LANE_CHUNK) {
+            let v = LANE_CHUNK.min(c_a - co0) / 16;
+            // SAFETY: AVX-512F is present (lanes_fit); the tile reads `buf.row[(r·ws + x)·c_a +
+            // co0 ..][..16·v]` (co0 + 16·v ≤ c_a, r < n, x < ws: inside the n·ws·c_a values),
+            // `buf.offsets[r·k_pad + t0 + q]` (t0 + q < k_pad) and `input.data[offset + x]`
+            // (offset + ws ≤ len, checked), and writes LP·LANE_CHUNK sums.
+            #[allow(unsafe_code)]
+            unsafe {
+                avx512::weight_lanes(v, n, ws, buf.row.as_ptr().add(co0), c_a, buf.offsets.as_ptr().add(t0), k_pad, input.data.as_ptr(), &mut sums);
+            }
+            for (q, sums) in sums.chunks_exact(LANE_CHUNK).enumerate().filter(|(q, _)| t0 + q < k) {
+                for (j, &s) in sums[..16 * v].iter().enumerate() {
+                    out[(co0 + j) * k + t0 + q] += s;
                 }
             }
         }
@@ -731,7 +796,7 @@ mod avx2 {
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx512 {
-    use super::{MR, NR};
+    use super::{LANE_CHUNK, LP, MR, NR};
     use std::arch::x86_64::*;
 
     /// The AVX2 `kernel`'s tile with `V` 16-lane accumulators per output channel (MR x V·NR
@@ -814,6 +879,62 @@ mod avx512 {
                 for (v, acc) in acc.iter().enumerate() {
                     _mm512_storeu_ps(c.add(q * ldc + v * 16), *acc);
                 }
+            }
+        }
+    }
+
+    /// The weight-gradient lane tile: `sums[q·LANE_CHUNK + 16·v' + j]` (q < LP, v' < V, j < 16)
+    /// = Σ over rows r < n and pixels x < ws of `t[(r·ws + x)·lda + 16·v' + j] · b[offsets[r·ld +
+    /// q] + x]`: per pixel V aligned loads and LP broadcasts for V·LP FMAs.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `t + (r·ws + x)·lda ..` readable for 16·V values, `offsets +
+    /// r·ld + q` readable and `b + offsets[r·ld + q] ..` for ws values (r < n, q < LP).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn weight_tile<const V: usize>(n: usize, ws: usize, t: *const f32, lda: usize, offsets: *const usize, ld: usize, b: *const f32, sums: &mut [f32; LP * LANE_CHUNK]) {
+        const { assert!(V * 16 <= LANE_CHUNK && LP == 6) };
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); V]; LP];
+            for r in 0..n {
+                let o = offsets.add(r * ld);
+                let ps: [*const f32; LP] = std::array::from_fn(|q| b.add(*o.add(q)));
+                let row = t.add(r * ws * lda);
+                for x in 0..ws {
+                    let s = row.add(x * lda);
+                    let mut wv = [_mm512_setzero_ps(); V];
+                    for (v, wv) in wv.iter_mut().enumerate() {
+                        *wv = _mm512_loadu_ps(s.add(v * 16));
+                    }
+                    for (acc, p) in acc.iter_mut().zip(&ps) {
+                        let xq = _mm512_set1_ps(*p.add(x));
+                        for (acc, &wv) in acc.iter_mut().zip(&wv) {
+                            *acc = _mm512_fmadd_ps(wv, xq, *acc);
+                        }
+                    }
+                }
+            }
+            for (q, acc) in acc.iter().enumerate() {
+                for (v, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(sums.as_mut_ptr().add(q * LANE_CHUNK + v * 16), *acc);
+                }
+            }
+        }
+    }
+
+    /// [`weight_tile`] with `v` vectors (1–4).
+    ///
+    /// # Safety
+    /// As [`weight_tile`]'s with V = v.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn weight_lanes(v: usize, n: usize, ws: usize, t: *const f32, lda: usize, offsets: *const usize, ld: usize, b: *const f32, sums: &mut [f32; LP * LANE_CHUNK]) {
+        unsafe {
+            match v {
+                4 => weight_tile::<4>(n, ws, t, lda, offsets, ld, b, sums),
+                3 => weight_tile::<3>(n, ws, t, lda, offsets, ld, b, sums),
+                2 => weight_tile::<2>(n, ws, t, lda, offsets, ld, b, sums),
+                1 => weight_tile::<1>(n, ws, t, lda, offsets, ld, b, sums),
+                _ => unreachable!("weight tile of {v} vectors"),
             }
         }
     }
@@ -916,6 +1037,32 @@ mod tests {
                         assert!((q as f64 - want).abs() <= 1e-4, "{c_out} channels, {k} taps: {q} vs {want}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn weight_lanes_match_the_dot_tiles() {
+        if !avx512() {
+            eprintln!("this CPU has no AVX-512: the lane weight product is never used");
+            return;
+        }
+        let mut rng = crate::TestRng::new(23);
+        // Rows of `small` in chunks of 64 and what is left; taps not a multiple of LP; a
+        // stride-2 and a stride-1 input; a band from the middle.
+        for (c_a, c_b, stride, hs, ws, rows) in [(16, 3, 2, 6, 10, 1..5), (64, 5, 2, 4, 16, 0..4), (96, 2, 1, 5, 7, 2..5), (48, 4, 2, 3, 13, 0..3)] {
+            let taps = [-2isize, -1, 0, 1, 2];
+            let (h, w) = (hs * stride, ws * stride);
+            let x = rng.values(c_b * h * w, -1.0, 1.0);
+            let small = rng.values(c_a * hs * ws, -1.0, 1.0);
+            let input = Padded::new(&x, c_b, h, w, stride, &taps, ws);
+            let k = c_b * 25;
+            let start = rng.values(c_a * k, -1.0, 1.0);
+            let (mut lanes, mut dots) = (start.clone(), start);
+            weight_product_lanes(&input, &small, c_a, hs, ws, &taps, &taps, rows.clone(), &mut Buffers::default(), &mut lanes);
+            weight_product_dots(&input, &small, c_a, hs, ws, &taps, &taps, rows.clone(), &mut Buffers::default(), &mut dots);
+            for (i, (p, q)) in lanes.iter().zip(&dots).enumerate() {
+                assert!((p - q).abs() <= 1e-4, "{c_a} rows, {c_b} channels, stride {stride}, element {i}: {p} vs {q}");
             }
         }
     }
