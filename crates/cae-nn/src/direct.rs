@@ -98,10 +98,19 @@ impl<T: Copy + Default> Packed<T> {
         let (c_out, k) = w.dim();
         let tiles = c_out.div_ceil(MR);
         let mut data = vec![T::default(); tiles * k * MR];
-        for ((co, kk), &v) in w.indexed_iter() {
-            let (k0, i) = (kk / KC * KC, kk % KC);
+        // Block by block, tile by tile, tap by tap (no division per weight: packing runs on the
+        // calling thread at every call, in training twice per layer and step).
+        let mut at = 0;
+        for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
-            data[k0 * tiles * MR + (co / MR) * kc * MR + i * MR + co % MR] = v;
+            for co0 in (0..tiles * MR).step_by(MR) {
+                for i in k0..k0 + kc {
+                    for (r, d) in data[at..at + MR].iter_mut().enumerate().filter(|(r, _)| co0 + r < c_out) {
+                        *d = w[[co0 + r, i]];
+                    }
+                    at += MR;
+                }
+            }
         }
         Packed { data, start: 0, k, c_out, kc: KC, lanes: false }
     }
@@ -145,12 +154,18 @@ impl Packed<f32> {
         assert!(lanes_fit(c_out), "lane layout without AVX-512 or for {c_out} channels");
         let mut data = vec![0f32; c_out * k + 16];
         let start = (16 - (data.as_ptr() as usize / 4) % 16) % 16;
-        for ((co, kk), &v) in w.indexed_iter() {
-            let (k0, i) = (kk / KCL * KCL, kk % KCL);
+        let mut at = start;
+        for k0 in (0..k).step_by(KCL) {
             let kc = KCL.min(k - k0);
-            let co0 = co / LANE_CHUNK * LANE_CHUNK;
-            let cw = LANE_CHUNK.min(c_out - co0);
-            data[start + k0 * c_out + kc * co0 + i * cw + co - co0] = v;
+            for co0 in (0..c_out).step_by(LANE_CHUNK) {
+                let cw = LANE_CHUNK.min(c_out - co0);
+                for i in k0..k0 + kc {
+                    for (j, d) in data[at..at + cw].iter_mut().enumerate() {
+                        *d = w[[co0 + j, i]];
+                    }
+                    at += cw;
+                }
+            }
         }
         Packed { data, start, k, c_out, kc: KCL, lanes: true }
     }
@@ -213,7 +228,7 @@ impl<T: Copy + Default + Send + Sync> Padded<T> {
         let left = (-shift_min).max(0) as usize;
         let runs_end = w_out.div_ceil(NR) * NR;
         let width = left + wp.max((shift_max + runs_end as isize).max(0) as usize);
-        let mut data = vec![T::default(); (c * h * stride + 1) * width];
+        let mut data = crate::zeroed((c * h * stride + 1) * width);
         data.par_chunks_mut(h * stride * width).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
             for (lines, row) in out.chunks_mut(stride * width).zip(plane.chunks(w)) {
                 match stride {

@@ -134,7 +134,7 @@ fn conv2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], b
     let taps = Taps { dy: &offsets, dx: &offsets, stride };
     let wm = ArrayView2::from_shape((c_out, c_in * k * k), weight).expect("weight [c_out, c_in, k, k]");
     let packed = use_direct.then(|| direct::Packed::new(wm));
-    let mut out = vec![0f32; b * c_out * h_out * w_out];
+    let mut out = crate::zeroed(b * c_out * h_out * w_out);
     for (xi, oi) in x.chunks(c_in * h * w).zip(out.chunks_mut(c_out * h_out * w_out)) {
         let input = match packed {
             Some(_) => Input::Padded(direct::Padded::new(xi, c_in, h, w, stride, &offsets, w_out)),
@@ -229,7 +229,7 @@ fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight:
     }
     let packed: Option<Vec<direct::Packed>> = use_direct.then(|| mats.iter().map(|m| direct::Packed::new(m.view())).collect());
     let all_dx: Vec<isize> = phases.iter().flat_map(|(_, offs)| offs.iter().copied()).collect();
-    let mut out = vec![0f32; b * c_out * h_out * w_out];
+    let mut out = crate::zeroed(b * c_out * h_out * w_out);
     for (xi, oi) in x.chunks(c_in * h * w).zip(out.chunks_mut(c_out * h_out * w_out)) {
         let input = match packed {
             Some(_) => Input::Padded(direct::Padded::new(xi, c_in, h, w, 1, &all_dx, w_out.div_ceil(stride))),

@@ -80,7 +80,7 @@ fn backward_blocked_using(use_direct: bool, x: &[f32], root: &[f32], dy: &[f32],
     let gamma_t = gamma.t();
     let packed_t = use_direct.then(|| crate::direct::Packed::new(gamma_t));
     let sign = if inverse { 1.0 } else { -1.0 };
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = crate::zeroed(x.len());
     let per_image = hw.div_ceil(BLOCK);
     // Each block's slice of every channel row of dx.
     let blocks = crate::gdn::pixel_blocks(&mut dx, dims, BLOCK);
@@ -175,7 +175,7 @@ pub(crate) fn gdn(x: &Tensor<4>, beta: &Tensor<1>, gamma: &Tensor<2>, inverse: b
     let gs = values(ga.primitive());
     let gview = ArrayView2::from_shape((c, c), &gs[..]).expect("gamma [c, c]");
     let mut y = xs.clone();
-    let mut root = vec![0f32; xs.len()];
+    let mut root = crate::zeroed(xs.len());
     crate::gdn::normalise(&mut y, Some(&mut root), dims, &bs, gview, inverse);
     let out = tensor(y, &dims);
     let out = match GdnBackward.prepare::<NoCheckpointing>([xa.node(), ba.node(), ga.node()]).compute_bound().stateful() {
