@@ -278,13 +278,28 @@ impl<T: Copy + Default + Send + Sync> Padded<T> {
     /// per tap.
     fn offsets(&self, oy: usize, dy: &[isize], dx: &[isize], out: &mut [usize]) {
         assert_eq!(out.len(), self.c * dy.len() * dx.len(), "one offset per tap");
-        let mut taps = out.iter_mut();
-        for ci in 0..self.c {
-            for &ty in dy {
+        let per = dy.len() * dx.len();
+        if per == 0 || self.c == 0 {
+            return;
+        }
+        // The first channel's taps through `offset` (divisions by the stride), the others by
+        // shifting them one plane per channel (rows outside the input read the zero line in
+        // every channel).
+        let (first, rest) = out.split_at_mut(per);
+        for (&ty, row) in dy.iter().zip(first.chunks_exact_mut(dx.len())) {
+            let iy = (oy * self.stride) as isize + ty;
+            for (&tx, o) in dx.iter().zip(row) {
+                *o = self.offset(0, iy, tx);
+            }
+        }
+        let plane = self.h * self.stride * self.width;
+        for (ci, taps) in rest.chunks_exact_mut(per).enumerate() {
+            let shift = (ci + 1) * plane;
+            for ((&ty, row), from) in dy.iter().zip(taps.chunks_exact_mut(dx.len())).zip(first.chunks_exact(dx.len())) {
                 let iy = (oy * self.stride) as isize + ty;
-                // `dx` first: zip stops on it without taking one more entry from `taps`.
-                for (&tx, o) in dx.iter().zip(taps.by_ref()) {
-                    *o = self.offset(ci, iy, tx);
+                let inside = iy >= 0 && iy < self.h as isize;
+                for (o, &f) in row.iter_mut().zip(from) {
+                    *o = if inside { f + shift } else { f };
                 }
             }
         }
