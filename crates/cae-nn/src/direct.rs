@@ -405,6 +405,12 @@ fn accumulate_on(wide: bool, a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f
     accumulate_portable(a, offsets, b, c, ld, cols, first);
 }
 
+/// The first `len` floats of `buf` from its first 64-byte boundary (`buf` must hold `len` + 15).
+pub(crate) fn aligned(buf: &mut [f32], len: usize) -> &mut [f32] {
+    let start = (16 - (buf.as_ptr() as usize / 4) % 16) % 16;
+    &mut buf[start..start + len]
+}
+
 /// Whether the lane layout serves `c_out` output channels: AVX-512 and a non-zero multiple of 16.
 /// The environment can turn the lane layout off (`CAEC_NO_LANES`), to compare.
 fn lanes_fit(c_out: usize) -> bool {
@@ -1094,6 +1100,15 @@ mod tests {
             for (i, (p, q)) in lanes.iter().zip(&dots).enumerate() {
                 assert!((p - q).abs() <= 1e-4, "{c_a} rows, {c_b} channels, stride {stride}, element {i}: {p} vs {q}");
             }
+        }
+    }
+
+    #[test]
+    fn aligned_slices_start_on_a_cache_line() {
+        for slack in 0..16 {
+            let mut buf = vec![0f32; 100 + slack + 16];
+            let part = aligned(&mut buf[slack..], 100);
+            assert_eq!((part.as_ptr() as usize % 64, part.len()), (0, 100));
         }
     }
 

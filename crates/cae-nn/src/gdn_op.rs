@@ -88,11 +88,13 @@ fn backward_blocked_using(use_direct: bool, x: &[f32], root: &[f32], dy: &[f32],
     // one block (channel rows BLOCK apart, a multiple of the direct product's runs), (x²)ᵀ
     // (pixel rows `ldt` apart) and the direct product's buffers.
     let ldt = c.div_ceil(crate::direct::NR) * crate::direct::NR;
-    let scratch = || (vec![0f32; c * BLOCK], vec![0f32; c * BLOCK], vec![0f32; c * BLOCK], vec![0f32; BLOCK * ldt], crate::direct::Buffers::default());
+    // v and (x²)ᵀ, the runs of the direct products, start on a cache line (16 floats of slack).
+    let scratch = || (vec![0f32; c * BLOCK + 16], vec![0f32; c * BLOCK], vec![0f32; c * BLOCK], vec![0f32; BLOCK * ldt + 16], crate::direct::Buffers::default());
     let parts: Vec<(Vec<f32>, Array2<f32>)> = blocks
         .into_par_iter()
         .enumerate()
         .map_init(scratch, |(vb, bb, sb, tb, bufs), (index, mut dx_rows)| {
+            let (vb, tb) = (crate::direct::aligned(vb, c * BLOCK), crate::direct::aligned(tb, BLOCK * ldt));
             let n = dx_rows.first().map_or(0, |r| r.len());
             let start = |ch: usize| ((index / per_image) * c + ch) * hw + (index % per_image) * BLOCK;
             // v = t (GDN) or u (inverse), and x².
