@@ -3,10 +3,12 @@
 //! and the NR pixels of one output row that a tap meets are a contiguous run of a zero-padded,
 //! phase-split input line ([`Padded`]). A table of per-tap offsets into the padded planes,
 //! built once per output row, replaces the im2col copy; the weights are packed once per call
-//! into tiles of MR output channels ([`Packed`]). A micro-kernel (AVX2 + FMA: MR x NR; AVX-512:
-//! MR x 2·NR) accumulates a tile over a block of taps ([`product`]); the same tiles serve GDN's
-//! γ·x² ([`matmul`]) and, in f64, the integer hyper-synthesis' exact 3x3 layer
-//! ([`conv3x3_exact`]); weight gradients use dot-product tiles ([`weight_product`]). The
+//! ([`Packed`]), into tiles of MR output channels, or on AVX-512 for layers of many taps with
+//! the output channels in the vector lanes. A micro-kernel (AVX2 + FMA: MR x NR; AVX-512: MR x
+//! 2·NR, or 64 channels x 6 pixels in the lane layout) accumulates a tile over a block of taps
+//! ([`product`]); the same tiles serve GDN's γ·x² ([`matmul`]) and, in f64, the integer
+//! hyper-synthesis' exact 3x3 layer ([`conv3x3_exact`]); weight gradients use dot-product
+//! tiles, or on AVX-512 tiles with the rows of dY (or X) in the lanes ([`weight_product`]). The
 //! kernels (modules `avx2` and `avx512`) are the only unsafe code of this crate, each called
 //! behind asserted bounds.
 //!
@@ -44,9 +46,10 @@ pub(crate) fn available() -> bool {
 
 /// Whether the tiles run on AVX-512 where the CPU has it (and AVX2 + FMA), unless the
 /// environment sets `CAEC_NO_AVX512`: the forward tile (two 16-lane registers per output
-/// channel, MR x 2·NR values) and the weight-gradient tile (4 x 4 sums over 16 pixels). Each forward output is the
-/// same chain of FMAs over the taps as on the AVX2 tile, so coding is identical bit for bit;
-/// weight gradients are summed in another order (training differs in the last bits).
+/// channel, MR x 2·NR values), the lane tiles (see [`lanes_fit`]) and the weight-gradient
+/// tiles (4 x 4 sums over 16 pixels, or the lane form). Each forward output is the same chain
+/// of FMAs over the taps as on the AVX2 tile, so coding is identical bit for bit; weight
+/// gradients are summed in another order (training differs in the last bits).
 fn avx512() -> bool {
     static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     #[cfg(target_arch = "x86_64")]
@@ -333,7 +336,8 @@ pub(crate) fn product(input: &Padded, w: &Packed, dy: &[isize], dx: &[isize], ro
 }
 
 /// The plain matrix product `w · b` for `b` = `[K, ldb]` (row j of `b` at `j·ldb`), columns
-/// `x < n`: returns the result rows (`[c_out rounded up to MR, ld]`, ld = n rounded up to NR,
+/// `x < n`: returns the result rows (`[Packed::rows, ld]`: c_out, rounded up to MR in the tile
+/// layout; ld = n rounded up to NR,
 /// columns ≥ n unspecified) and `ld`. `ldb` must be at least `ld`: the micro-kernels read whole
 /// runs of NR or 2·NR below `ld` (what lies past column n only reaches columns past n). GDN's
 /// normaliser γ · x² and its backward products.
@@ -412,7 +416,9 @@ pub(crate) fn aligned(buf: &mut [f32], len: usize) -> &mut [f32] {
 }
 
 /// Whether the lane layout serves `c_out` output channels: AVX-512 and a non-zero multiple of 16.
-/// The environment can turn the lane layout off (`CAEC_NO_LANES`), to compare.
+/// The environment can turn the lane layout off (`CAEC_NO_LANES`), to compare: coding then
+/// gives the same bits; training's weight gradients go back to the dot tiles (another order of
+/// the sums).
 fn lanes_fit(c_out: usize) -> bool {
     static LANES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *LANES.get_or_init(|| avx512() && std::env::var_os("CAEC_NO_LANES").is_none()) && c_out > 0 && c_out.is_multiple_of(16)
@@ -531,6 +537,9 @@ fn weight_product_lanes(input: &Padded, small: &[f32], c_a: usize, hs: usize, ws
     let k = input.c * dy.len() * dx.len();
     let (n, k_pad) = (rows.len(), k.div_ceil(LP) * LP);
     assert!(lanes_fit(c_a) && small.len() == c_a * hs * ws && out.len() == c_a * k && rows.end <= hs, "weight product (lanes): shapes");
+    if n == 0 || ws == 0 {
+        return;
+    }
     // The band of `small`, pixel-major: value (a, row r, column x) at (r·ws + x)·c_a + a.
     buf.row.clear();
     buf.row.resize(n * ws * c_a, 0.0);
@@ -1051,7 +1060,7 @@ mod tests {
         // Chunks of 64 and what is left (16, 32, 48), pixels past whole tiles of LP, taps over
         // several blocks of either layout (KC, KCL).
         for c_out in [16, 32, 48, 64, 96, 112] {
-            for (k, n) in [(1usize, 1usize), (5, 7), (64, 13), (75, 6), (200, 50)] {
+            for (k, n) in [(1usize, 1usize), (5, 7), (64, 13), (75, 6), (200, 50), (70, 9), (130, 10), (300, 11)] {
                 let w = ndarray::Array2::from_shape_vec((c_out, k), rng.values(c_out * k, -0.5, 0.5)).unwrap();
                 let b = rng.values(2000, -1.0, 1.0);
                 let ld = n.div_ceil(NR) * NR;

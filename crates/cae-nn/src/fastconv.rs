@@ -427,13 +427,14 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as().expect("float tensor")
 }
 
-/// `v`, or `max(v, 0)` where `relu`: the activation fused into the writes of a result.
+/// `v`, or its ReLU where `relu`: the activation fused into the writes of a result. As
+/// burn-flex's `relu`: NaN stays NaN, negatives and −0 become +0.
 #[inline(always)]
 fn activate(v: f32, relu: bool) -> f32 {
-    if relu {
-        v.max(0.0)
-    } else {
+    if !relu || v > 0.0 || v.is_nan() {
         v
+    } else {
+        0.0
     }
 }
 
@@ -598,19 +599,28 @@ mod tests {
             (3, 6, 9, 2, 20, 23, 4),
             (16, 9, 5, 2, 30, 97, 2),
             (3, 5, 1, 1, 6, 14, 1),
+            // The lane layout on AVX-512 (≥ 256 taps, channels a multiple of 16): 400 taps,
+            // 14 pixels a row (a tail of 2), and 300 taps with 48 channels (a tail of 5); the
+            // weight gradients' lane tiles with 32 and 48 rows.
+            (16, 32, 5, 2, 13, 27, 2),
+            (12, 48, 5, 2, 9, 33, 2),
         ] {
             let (x, wt, bias) = (random(2 * c_in * h * w), random(c_out * c_in * k * k), random(c_out));
             let a = conv2d_using(true, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, pad, false);
             let b = conv2d_using(false, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, pad, false);
             assert_eq!(a.1, b.1);
             close(&a.0, &b.0, &format!("direct conv {c_in}->{c_out} k{k} s{stride} {h}x{w}"));
+            // ReLU fused into the writes: the same values, negatives (and −0) as +0.
+            let r = conv2d_using(true, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, stride, pad, true);
+            assert!(r.0.iter().zip(&a.0).all(|(&r, &v)| r.to_bits() == if v > 0.0 { v } else { 0.0 }.to_bits()), "fused ReLU {c_in}->{c_out}");
             // The weight gradient for an output gradient of the output's shape.
             let dy = random(a.0.len());
             let wa = weight_grad_using(true, &dy, a.1, &x, [2, c_in, h, w], k, stride, pad);
             let wb = weight_grad_using(false, &dy, a.1, &x, [2, c_in, h, w], k, stride, pad);
             close(&wa, &wb, &format!("direct weight gradient {c_in}->{c_out} k{k} s{stride} {h}x{w}"));
         }
-        for (c_in, c_out, k, h, w, pad_out) in [(6, 3, 5, 11, 17, 1), (8, 8, 5, 4, 6, 1), (5, 4, 3, 7, 5, 1), (4, 3, 5, 1, 1, 1), (4, 17, 5, 13, 200, 1), (5, 6, 5, 7, 30, 0), (3, 4, 1, 5, 9, 1)] {
+        // The last: one phase (9 taps x 32 channels) on the lane layout, the others on the tiles.
+        for (c_in, c_out, k, h, w, pad_out) in [(6, 3, 5, 11, 17, 1), (8, 8, 5, 4, 6, 1), (5, 4, 3, 7, 5, 1), (4, 3, 5, 1, 1, 1), (4, 17, 5, 13, 200, 1), (5, 6, 5, 7, 30, 0), (3, 4, 1, 5, 9, 1), (32, 16, 5, 6, 9, 1)] {
             let (x, wt, bias) = (random(2 * c_in * h * w), random(c_in * c_out * k * k), random(c_out));
             let a = conv_transpose2d_using(true, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, 2, k / 2, pad_out, false);
             let b = conv_transpose2d_using(false, &x, [2, c_in, h, w], &wt, Some(&bias), c_out, k, 2, k / 2, pad_out, false);
