@@ -10,7 +10,7 @@ pub use int_hyper::{fixed_to_f32, IntConv, IntConvKind, IntHyperSynthesis, Predi
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use cae_nn::{conv, deconv, deconv_forward, deconv_values, Gdn, ModelConfig, NamedTensor};
+use cae_nn::{chain_values, conv, deconv, deconv_forward, deconv_values, Gdn, ModelConfig, NamedTensor};
 
 /// `g_s`: four k x k stride-2 transposed convolutions M → N → N → N → 3, inverse GDN (or
 /// ReLU) after the first three.
@@ -32,16 +32,7 @@ impl Synthesis {
     pub fn forward(&self, y: Tensor<4>) -> Tensor<4> {
         if !y.is_autodiff() {
             // Decoding: plain planes between the layers, ReLU fused into the writes.
-            let (device, mut dims) = (y.device(), y.dims());
-            let mut v: Vec<f32> = y.into_data().try_into_vec_as().expect("float latent");
-            for (i, d) in self.deconvs.iter().enumerate() {
-                let igdn = self.igdns.get(i).filter(|_| i < 3);
-                (v, dims) = deconv_values(d, v, dims, i < 3 && igdn.is_none());
-                if let Some(g) = igdn {
-                    g.forward_values(&mut v, dims);
-                }
-            }
-            return Tensor::from_data(TensorData::new(v, dims), &device);
+            return chain_values(y, &self.deconvs, &self.igdns, deconv_values);
         }
         let mut x = y;
         for (i, d) in self.deconvs.iter().enumerate() {

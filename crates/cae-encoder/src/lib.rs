@@ -4,7 +4,7 @@
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use cae_nn::{conv, conv_forward, conv_values, Gdn, ModelConfig};
+use cae_nn::{chain_values, conv, conv_forward, conv_values, Gdn, ModelConfig};
 
 /// `g_a`: four k x k stride-2 convolutions 3 → N → N → N → M, GDN (or ReLU) after the
 /// first three. Output: `[b, M, H/16, W/16]`.
@@ -26,16 +26,7 @@ impl Analysis {
         if !x.is_autodiff() {
             // Coding: the layers pass plain planes to each other (no tensor per layer), ReLU
             // fused into the convolutions' writes.
-            let (device, mut dims) = (x.device(), x.dims());
-            let mut v: Vec<f32> = x.into_data().try_into_vec_as().expect("float image");
-            for (i, c) in self.convs.iter().enumerate() {
-                let gdn = self.gdns.get(i).filter(|_| i < 3);
-                (v, dims) = conv_values(c, v, dims, i < 3 && gdn.is_none());
-                if let Some(g) = gdn {
-                    g.forward_values(&mut v, dims);
-                }
-            }
-            return Tensor::from_data(TensorData::new(v, dims), &device);
+            return chain_values(x, &self.convs, &self.gdns, conv_values);
         }
         let mut x = x;
         for (i, c) in self.convs.iter().enumerate() {

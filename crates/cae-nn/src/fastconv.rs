@@ -480,6 +480,24 @@ pub fn conv_values(conv: &Conv2d, x: Vec<f32>, dims: [usize; 4], relu: bool) -> 
     }
 }
 
+/// Coding through plain planes (one tensor in, one out): layer i of `layers` runs as
+/// `run(layer, planes, dims, relu)`, then `gdns[i]` where there is one; ReLU, fused into the
+/// layer's writes, after every layer but the last where there is no GDN. g_a's and g_s's
+/// inference path ([`conv_values`] or [`deconv_values`] as `run`).
+pub fn chain_values<L>(x: Tensor<4>, layers: &[L], gdns: &[crate::Gdn], run: impl Fn(&L, Vec<f32>, [usize; 4], bool) -> (Vec<f32>, [usize; 4])) -> Tensor<4> {
+    let (device, mut dims) = (x.device(), x.dims());
+    let mut v = values(x);
+    let last = layers.len().saturating_sub(1);
+    for (i, layer) in layers.iter().enumerate() {
+        let gdn = gdns.get(i).filter(|_| i < last);
+        (v, dims) = run(layer, v, dims, i < last && gdn.is_none());
+        if let Some(g) = gdn {
+            g.forward_values(&mut v, dims);
+        }
+    }
+    Tensor::from_data(TensorData::new(v, dims), &device)
+}
+
 /// `layer` run by burn on the planes `x`, then ReLU where `relu`: the fallback of
 /// [`conv_values`] and [`deconv_values`].
 fn burn_values(x: Vec<f32>, dims: [usize; 4], relu: bool, device: &Device, layer: impl Fn(Tensor<4>) -> Tensor<4>) -> (Vec<f32>, [usize; 4]) {
