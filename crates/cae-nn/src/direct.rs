@@ -90,8 +90,6 @@ pub(crate) struct Packed<T = f32> {
     start: usize,
     k: usize,
     c_out: usize,
-    /// Taps per block.
-    kc: usize,
     lanes: bool,
 }
 
@@ -115,7 +113,7 @@ impl<T: Copy + Default> Packed<T> {
                 }
             }
         }
-        Packed { data, start: 0, k, c_out, kc: KC, lanes: false }
+        Packed { data, start: 0, k, c_out, lanes: false }
     }
 
     fn tiles(&self) -> usize {
@@ -131,11 +129,19 @@ impl<T: Copy + Default> Packed<T> {
         }
     }
 
-    /// The weights of the block of taps from `k0`.
+    /// Taps per block: KCL in the lane layout, KC in the tile layout.
+    fn kc(&self) -> usize {
+        if self.lanes {
+            KCL
+        } else {
+            KC
+        }
+    }
+
+    /// The weights of the block of taps from `k0` (`rows()` weights per tap in either layout).
     fn block(&self, k0: usize) -> &[T] {
-        let kc = self.kc.min(self.k - k0);
-        let per_tap = if self.lanes { self.c_out } else { self.tiles() * MR };
-        &self.data[self.start + k0 * per_tap..self.start + (k0 + kc) * per_tap]
+        let kc = self.kc().min(self.k - k0);
+        &self.data[self.start + k0 * self.rows()..self.start + (k0 + kc) * self.rows()]
     }
 }
 
@@ -156,7 +162,7 @@ impl Packed<f32> {
         let (c_out, k) = w.dim();
         assert!(lanes_fit(c_out), "lane layout without AVX-512 or for {c_out} channels");
         let mut data = vec![0f32; c_out * k + 16];
-        let start = (16 - (data.as_ptr() as usize / 4) % 16) % 16;
+        let start = line_start(&data);
         let mut at = start;
         for k0 in (0..k).step_by(KCL) {
             let kc = KCL.min(k - k0);
@@ -170,7 +176,7 @@ impl Packed<f32> {
                 }
             }
         }
-        Packed { data, start, k, c_out, kc: KCL, lanes: true }
+        Packed { data, start, k, c_out, lanes: true }
     }
 
     /// `out[co·ld + x]` (co < [`Packed::rows`], x < n; columns from n to `ld` unspecified) = Σ
@@ -186,8 +192,8 @@ impl Packed<f32> {
         }
         if self.lanes {
             lanes.resize(n * self.c_out, 0.0);
-            for k0 in (0..k).step_by(self.kc) {
-                accumulate_lanes(self.block(k0), &offsets[k0..(k0 + self.kc).min(k)], b, lanes, n, self.c_out, k0 == 0);
+            for k0 in (0..k).step_by(KCL) {
+                accumulate_lanes(self.block(k0), &offsets[k0..(k0 + KCL).min(k)], b, lanes, n, self.c_out, k0 == 0);
             }
             // Pixel-major to channel rows.
             for (x, values) in lanes.chunks_exact(self.c_out).take(n).enumerate() {
@@ -197,8 +203,8 @@ impl Packed<f32> {
             }
             return;
         }
-        for k0 in (0..k).step_by(self.kc) {
-            let offsets = &offsets[k0..(k0 + self.kc).min(k)];
+        for k0 in (0..k).step_by(KC) {
+            let offsets = &offsets[k0..(k0 + KC).min(k)];
             for (x0, cols) in column_steps(ld) {
                 accumulate(self.block(k0), offsets, &b[x0..], &mut out[x0..], ld, cols, k0 == 0);
             }
@@ -307,6 +313,21 @@ impl<T: Copy + Default + Send + Sync> Padded<T> {
             }
         }
     }
+
+    /// The offset tables of the output rows `rows` (a weight-gradient band), `k_pad` entries a
+    /// row: the row's taps, then the start of the zero line up to `k_pad`. Checked: every run
+    /// of `run` values from an offset lies inside the planes.
+    fn band_offsets(&self, rows: std::ops::Range<usize>, dy: &[isize], dx: &[isize], k_pad: usize, run: usize, out: &mut Vec<usize>) {
+        let k = self.c * dy.len() * dx.len();
+        assert!(k <= k_pad, "band offsets: taps past the row");
+        out.clear();
+        out.resize(rows.len() * k_pad, self.zero_line());
+        for (r, y) in rows.enumerate() {
+            self.offsets(y, dy, dx, &mut out[r * k_pad..r * k_pad + k]);
+        }
+        let last = out.iter().copied().max().unwrap_or(0);
+        assert!(last + run <= self.data.len(), "weight product: a run outside the input");
+    }
 }
 
 /// Reused buffers of one worker.
@@ -409,9 +430,14 @@ fn accumulate_on(wide: bool, a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f
     accumulate_portable(a, offsets, b, c, ld, cols, first);
 }
 
+/// The index of `buf`'s first float on a 64-byte boundary (0–15).
+fn line_start(buf: &[f32]) -> usize {
+    (16 - (buf.as_ptr() as usize / 4) % 16) % 16
+}
+
 /// The first `len` floats of `buf` from its first 64-byte boundary (`buf` must hold `len` + 15).
 pub(crate) fn aligned(buf: &mut [f32], len: usize) -> &mut [f32] {
-    let start = (16 - (buf.as_ptr() as usize / 4) % 16) % 16;
+    let start = line_start(buf);
     &mut buf[start..start + len]
 }
 
@@ -505,14 +531,7 @@ fn weight_product_dots(input: &Padded, small: &[f32], c_a: usize, hs: usize, ws:
     // Offsets per row, taps padded to a multiple of NK with the start of the zero line. Every
     // run is inside: `input` is padded for outputs `ws` wide, so each line holds `left +
     // ⌈ws / NR⌉·NR` ≥ wpad values from a tap's start (NR a multiple of both pixel steps).
-    let zero = input.zero_line();
-    buf.offsets.clear();
-    buf.offsets.resize(n * k_pad, zero);
-    for (r, y) in rows.enumerate() {
-        input.offsets(y, dy, dx, &mut buf.offsets[r * k_pad..r * k_pad + k]);
-    }
-    let last = buf.offsets.iter().copied().max().unwrap_or(0);
-    assert!(last + wpad <= input.data.len(), "weight product: a run outside the input");
+    input.band_offsets(rows, dy, dx, k_pad, wpad, &mut buf.offsets);
     let mut sums = [[0f32; NK]; MA5];
     for k0 in (0..k_pad).step_by(NK) {
         for a0 in (0..a_pad).step_by(ma) {
@@ -555,14 +574,8 @@ fn weight_product_lanes(input: &Padded, small: &[f32], c_a: usize, hs: usize, ws
             }
         }
     }
-    // Offsets per row, taps padded to a multiple of LP with the start of the zero line.
-    buf.offsets.clear();
-    buf.offsets.resize(n * k_pad, input.zero_line());
-    for (r, y) in rows.enumerate() {
-        input.offsets(y, dy, dx, &mut buf.offsets[r * k_pad..r * k_pad + k]);
-    }
-    let last = buf.offsets.iter().copied().max().unwrap_or(0);
-    assert!(last + ws <= input.data.len(), "weight product (lanes): a run outside the input");
+    // Offsets per row, taps padded to a multiple of LP.
+    input.band_offsets(rows, dy, dx, k_pad, ws, &mut buf.offsets);
     let mut sums = [0f32; LP * LANE_CHUNK];
     #[cfg(target_arch = "x86_64")]
     for t0 in (0..k_pad).step_by(LP) {
