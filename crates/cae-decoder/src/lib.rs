@@ -9,8 +9,7 @@ pub use int_hyper::{fixed_to_f32, IntConv, IntConvKind, IntHyperSynthesis, Predi
 
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
-use cae_nn::{chain_values, conv, deconv, deconv_forward, deconv_values, Gdn, ModelConfig, NamedTensor};
+use cae_nn::{chain_values, conv, conv_forward, deconv, deconv_forward, deconv_relu_forward, deconv_values, Gdn, ModelConfig, NamedTensor};
 
 /// `g_s`: four k x k stride-2 transposed convolutions M → N → N → N → 3, inverse GDN (or
 /// ReLU) after the first three.
@@ -36,13 +35,12 @@ impl Synthesis {
         }
         let mut x = y;
         for (i, d) in self.deconvs.iter().enumerate() {
-            x = deconv_forward(d, x);
-            if i < 3 {
-                x = match self.igdns.get(i) {
-                    Some(g) => g.forward(x),
-                    None => relu(x),
-                };
-            }
+            // Training: ReLU fused into the transposed convolution's operation.
+            x = match (i < 3, self.igdns.get(i)) {
+                (true, Some(g)) => g.forward(deconv_forward(d, x)),
+                (true, None) => deconv_relu_forward(d, x),
+                (false, _) => deconv_forward(d, x),
+            };
         }
         x
     }
@@ -70,9 +68,9 @@ impl HyperSynthesis {
 
     /// `(scales, means)`, each `[b, M, H/16, W/16]`; scales are not yet lower-bounded.
     pub fn forward(&self, z: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let x = relu(self.up1.forward(z));
-        let x = relu(self.up2.forward(x));
-        let mut p = self.out.forward(x).chunk(2, 1);
+        let x = deconv_relu_forward(&self.up1, z);
+        let x = deconv_relu_forward(&self.up2, x);
+        let mut p = conv_forward(&self.out, x).chunk(2, 1);
         let means = p.pop().expect("two chunks");
         let scales = p.pop().expect("two chunks");
         (scales, means)
@@ -108,6 +106,7 @@ impl HyperSynthesis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::activation::relu;
 
     /// As the encoder's test: plain values between g_s's layers give what the layers give one
     /// tensor at a time, bit for bit.

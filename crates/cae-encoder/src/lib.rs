@@ -3,8 +3,7 @@
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::activation::relu;
-use cae_nn::{chain_values, conv, conv_forward, conv_values, Gdn, ModelConfig};
+use cae_nn::{chain_values, conv, conv_forward, conv_relu_forward, conv_values, Gdn, ModelConfig};
 
 /// `g_a`: four k x k stride-2 convolutions 3 → N → N → N → M, GDN (or ReLU) after the
 /// first three. Output: `[b, M, H/16, W/16]`.
@@ -30,13 +29,12 @@ impl Analysis {
         }
         let mut x = x;
         for (i, c) in self.convs.iter().enumerate() {
-            x = conv_forward(c, x);
-            if i < 3 {
-                x = match self.gdns.get(i) {
-                    Some(g) => g.forward(x),
-                    None => relu(x),
-                };
-            }
+            // Training: ReLU fused into the convolution's operation.
+            x = match (i < 3, self.gdns.get(i)) {
+                (true, Some(g)) => g.forward(conv_forward(c, x)),
+                (true, None) => conv_relu_forward(c, x),
+                (false, _) => conv_forward(c, x),
+            };
         }
         x
     }
@@ -69,8 +67,8 @@ impl HyperAnalysis {
             let (v, dims) = conv_values(&self.convs[2], v, dims, false);
             return Tensor::from_data(TensorData::new(v, dims), &device);
         }
-        let x = relu(conv_forward(&self.convs[0], y));
-        let x = relu(conv_forward(&self.convs[1], x));
+        let x = conv_relu_forward(&self.convs[0], y);
+        let x = conv_relu_forward(&self.convs[1], x);
         conv_forward(&self.convs[2], x)
     }
 }
@@ -78,6 +76,7 @@ impl HyperAnalysis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::activation::relu;
 
     /// The coding path (plain values between layers, ReLU fused) computes what the layers
     /// compute one tensor at a time, bit for bit, with GDN and with ReLU, at a size that is

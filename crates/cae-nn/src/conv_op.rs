@@ -4,7 +4,9 @@
 //! - convolution: dX = transposed convolution of dY (output padding chosen to give X's size),
 //!   dW = [`weight_grad`] (dY against X);
 //! - transposed convolution: dX = convolution of dY, dW = [`weight_grad`] (X against dY);
-//! - both: db = Σ dY over the batch and the pixels.
+//! - both: db = Σ dY over the batch and the pixels;
+//! - with a ReLU fused into the forward pass, dY first becomes zero where the output was not
+//!   positive (burn's `relu_backward`), in the same parallel pass that sums db.
 //!
 //! burn computes the weight gradient as a convolution over swapped batch and channel axes,
 //! behind single-threaded transposes; here it is one matrix product per band of rows.
@@ -21,7 +23,9 @@ use burn::prelude::*;
 use burn::tensor::ops::ConvTransposeOptions;
 use burn::tensor::DType;
 
-use crate::fastconv::{conv2d, conv_transpose2d, weight_grad, MIN_PHASE_CHANNELS};
+use rayon::prelude::*;
+
+use crate::fastconv::{conv2d, conv2d_relu, conv_transpose2d, conv_transpose2d_relu, weight_grad, MIN_PHASE_CHANNELS};
 use crate::flex_ops::{slice, tensor, Ad};
 
 /// Geometry of one square k x k layer with equal strides and paddings.
@@ -45,6 +49,8 @@ struct State {
     y_dims: [usize; 4],
     geometry: Geometry,
     transposed: bool,
+    /// The output, where a ReLU is fused into the operation.
+    relu_out: Option<FlexTensor>,
 }
 
 #[derive(Debug)]
@@ -62,8 +68,9 @@ impl Backward<Flex, 3> for ConvBackward {
     fn backward(self, ops: Ops<State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let dy = slice(&dy);
-        let State { x, weight, x_dims, w_dims, y_dims, geometry: g, transposed } = ops.state;
+        let State { x, weight, x_dims, w_dims, y_dims, geometry: g, transposed, relu_out } = ops.state;
+        let masked = relu_out.map(|y| relu_backward(slice(&dy), slice(&y)));
+        let dy = masked.as_deref().unwrap_or(slice(&dy));
         let c_in = x_dims[1];
         if let Some(node) = node_x {
             let (dx, dims) = if transposed {
@@ -84,23 +91,56 @@ impl Backward<Flex, 3> for ConvBackward {
             grads.register::<Flex>(node.id, tensor(dw, &w_dims));
         }
         if let Some(node) = node_b {
-            let [_, c_out, h, w] = y_dims;
-            let mut db = vec![0f64; c_out];
-            for image in dy.chunks(c_out * h * w) {
-                for (sum, plane) in db.iter_mut().zip(image.chunks(h * w)) {
-                    *sum += plane.iter().map(|&v| v as f64).sum::<f64>();
-                }
-            }
-            grads.register::<Flex>(node.id, tensor(db.into_iter().map(|v| v as f32).collect(), &[c_out]));
+            grads.register::<Flex>(node.id, tensor(bias_grad(dy, y_dims), &[y_dims[1]]));
         }
     }
 }
 
+/// Values per piece of the parallel element-wise passes.
+const CHUNK: usize = 1 << 14;
+
+/// The gradient of a ReLU's input from that of its output `dy`: zero where the output `y` is
+/// not positive (as burn's `relu_backward`: a NaN output passes the gradient), in parallel.
+fn relu_backward(dy: &[f32], y: &[f32]) -> Vec<f32> {
+    assert_eq!(dy.len(), y.len(), "one gradient per output");
+    let mut out = crate::zeroed(dy.len());
+    out.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))).for_each(|(o, (d, y))| {
+        for ((o, &d), &y) in o.iter_mut().zip(d).zip(y) {
+            *o = if y <= 0.0 { 0.0 } else { d };
+        }
+    });
+    out
+}
+
+/// db = Σ dY over the batch and the pixels (`dy`: `[b, c, h, w]`), one channel per task,
+/// each plane summed in f64 over 8 interleaved partial sums, planes in batch order: the same
+/// bits for any number of threads.
+fn bias_grad(dy: &[f32], [b, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let plane = h * w;
+    assert_eq!(dy.len(), b * c * plane, "dY [b, c, h, w]");
+    let plane_sum = |p: &[f32]| -> f64 {
+        let mut acc = [0f64; 8];
+        let chunks = p.chunks_exact(8);
+        let tail: f64 = chunks.remainder().iter().map(|&v| v as f64).sum();
+        for ch in chunks {
+            for (a, &v) in acc.iter_mut().zip(ch) {
+                *a += v as f64;
+            }
+        }
+        acc.iter().sum::<f64>() + tail
+    };
+    (0..c)
+        .into_par_iter()
+        .map(|ci| (0..b).map(|i| plane_sum(&dy[(i * c + ci) * plane..][..plane])).sum::<f64>() as f32)
+        .collect()
+}
+
 /// A convolution (`transposed == false`, weights `[c_out, c_in, k, k]`) or transposed
-/// convolution (weights `[c_in, c_out, k, k]`) with bias, as one recorded operation, when all
+/// convolution (weights `[c_in, c_out, k, k]`) with bias, then a ReLU where `relu`, as one
+/// recorded operation, when all
 /// three tensors live on flex with autodiff, hold f32 and have shapes that suit the kernels;
 /// `None` otherwise (the caller then uses burn's module).
-pub(crate) fn conv(x: &Tensor<4>, weight: &Tensor<4>, bias: &Tensor<1>, g: Geometry, transposed: bool) -> Option<Tensor<4>> {
+pub(crate) fn conv(x: &Tensor<4>, weight: &Tensor<4>, bias: &Tensor<1>, g: Geometry, transposed: bool, relu: bool) -> Option<Tensor<4>> {
     let x_dims = x.dims();
     let [b, c_in, h, w] = x_dims;
     let w_dims = weight.dims();
@@ -134,21 +174,25 @@ pub(crate) fn conv(x: &Tensor<4>, weight: &Tensor<4>, bias: &Tensor<1>, g: Geome
     let ws = wa.primitive().to_contiguous();
     let bs = ba.primitive().to_contiguous();
     let (y, y_dims) = if !transposed {
-        let (y, dims) = conv2d(slice(&xs), x_dims, slice(&ws), Some(slice(&bs)), c_out, g.k, g.stride, g.pad);
+        let (y, dims) = conv2d_relu(slice(&xs), x_dims, slice(&ws), Some(slice(&bs)), c_out, g.k, g.stride, g.pad, relu);
         (tensor(y, &dims), dims)
     } else if c_out < MIN_PHASE_CHANNELS {
         // Few output channels: burn-flex's own form is faster (see `deconv_forward`).
         let [s, p, po] = [g.stride, g.pad, g.pad_out];
         let options = ConvTransposeOptions::new([s, s], [p, p], [po, po], [1, 1], 1);
         let y = <Flex as ModuleOps<Flex>>::conv_transpose2d(xs.clone(), ws.clone(), Some(bs), options);
+        let y = if relu { <Flex as burn::backend::ops::ActivationOps<Flex>>::relu(y) } else { y };
         let grow = |n: usize| (n - 1) * s + g.k + po - 2 * p;
         (y.to_contiguous(), [b, c_out, grow(h), grow(w)])
     } else {
-        let (y, dims) = conv_transpose2d(slice(&xs), x_dims, slice(&ws), Some(slice(&bs)), c_out, g.k, g.stride, g.pad, g.pad_out);
+        let (y, dims) = conv_transpose2d_relu(slice(&xs), x_dims, slice(&ws), Some(slice(&bs)), c_out, g.k, g.stride, g.pad, g.pad_out, relu);
         (tensor(y, &dims), dims)
     };
     let out = match ConvBackward.prepare::<NoCheckpointing>([xa.node(), wa.node(), ba.node()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(State { x: xs, weight: ws, x_dims, w_dims, y_dims, geometry: g, transposed }, y),
+        OpsKind::Tracked(prep) => {
+            let relu_out = relu.then(|| y.clone());
+            prep.finish(State { x: xs, weight: ws, x_dims, w_dims, y_dims, geometry: g, transposed, relu_out }, y)
+        }
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Some(Tensor::from_primitive::<Ad>(out))

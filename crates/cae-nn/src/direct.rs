@@ -93,26 +93,42 @@ pub(crate) struct Packed<T = f32> {
     lanes: bool,
 }
 
-impl<T: Copy + Default> Packed<T> {
+/// Fills `body` (`c_out · k` values, `c_out` rounded up to `rows`) block by block of `kc_max`
+/// taps, each block's region (`kc · rows` values) by `fill(block, k0, kc)`; the blocks in
+/// parallel where there are many weights (packing runs at every call, in training twice per
+/// layer and step, on the calling thread while the pool waits).
+fn pack_blocks<T: Copy + Send>(body: &mut [T], rows: usize, k: usize, kc_max: usize, fill: impl Fn(&mut [T], usize, usize) + Sync) {
+    let run = |(b, block): (usize, &mut [T])| {
+        let k0 = b * kc_max;
+        fill(block, k0, kc_max.min(k - k0));
+    };
+    if body.len() < 1 << 14 {
+        body.chunks_mut(kc_max * rows).enumerate().for_each(run);
+    } else {
+        body.par_chunks_mut(kc_max * rows).enumerate().for_each(run);
+    }
+}
+
+impl<T: Copy + Default + Send + Sync> Packed<T> {
     /// The tile layout.
     pub(crate) fn tiled(w: ArrayView2<'_, T>) -> Self {
         let (c_out, k) = w.dim();
         let tiles = c_out.div_ceil(MR);
         let mut data = vec![T::default(); tiles * k * MR];
-        // Block by block, tile by tile, tap by tap (no division per weight: packing runs on the
-        // calling thread at every call, in training twice per layer and step).
-        let mut at = 0;
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
+        let w = w.as_standard_layout();
+        let w = w.as_slice().expect("standard layout");
+        // Within a block: tile by tile, tap by tap.
+        pack_blocks(&mut data, tiles * MR, k, KC, |block, k0, kc| {
+            let mut at = 0;
             for co0 in (0..tiles * MR).step_by(MR) {
                 for i in k0..k0 + kc {
-                    for (r, d) in data[at..at + MR].iter_mut().enumerate().filter(|(r, _)| co0 + r < c_out) {
-                        *d = w[[co0 + r, i]];
+                    for (r, d) in block[at..at + MR].iter_mut().enumerate().take(c_out.saturating_sub(co0)) {
+                        *d = w[(co0 + r) * k + i];
                     }
                     at += MR;
                 }
             }
-        }
+        });
         Packed { data, start: 0, k, c_out, lanes: false }
     }
 
@@ -163,19 +179,21 @@ impl Packed<f32> {
         assert!(lanes_fit(c_out), "lane layout without AVX-512 or for {c_out} channels");
         let mut data = vec![0f32; c_out * k + 16];
         let start = line_start(&data);
-        let mut at = start;
-        for k0 in (0..k).step_by(KCL) {
-            let kc = KCL.min(k - k0);
+        let w = w.as_standard_layout();
+        let w = w.as_slice().expect("standard layout");
+        // Within a block: chunk of channels by chunk, tap by tap.
+        pack_blocks(&mut data[start..start + c_out * k], c_out, k, KCL, |block, k0, kc| {
+            let mut at = 0;
             for co0 in (0..c_out).step_by(LANE_CHUNK) {
                 let cw = LANE_CHUNK.min(c_out - co0);
                 for i in k0..k0 + kc {
-                    for (j, d) in data[at..at + cw].iter_mut().enumerate() {
-                        *d = w[[co0 + j, i]];
+                    for (j, d) in block[at..at + cw].iter_mut().enumerate() {
+                        *d = w[(co0 + j) * k + i];
                     }
                     at += cw;
                 }
             }
-        }
+        });
         Packed { data, start, k, c_out, lanes: true }
     }
 

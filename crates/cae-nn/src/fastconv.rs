@@ -114,7 +114,13 @@ fn im2col(input: &Planes<'_>, taps: &Taps<'_>, rows: std::ops::Range<usize>, w_o
 /// A k x k convolution (any stride, zero padding `pad`) of `x` (`[b, c_in, h, w]`), weights
 /// `[c_out, c_in, k, k]` as burn stores them.
 pub fn conv2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize) -> (Vec<f32>, [usize; 4]) {
-    conv2d_using(direct::available(), x, dims, weight, bias, c_out, k, stride, pad, false)
+    conv2d_relu(x, dims, weight, bias, c_out, k, stride, pad, false)
+}
+
+/// [`conv2d`], then a ReLU where `relu`, fused into the writes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_relu(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize, relu: bool) -> (Vec<f32>, [usize; 4]) {
+    conv2d_using(direct::available(), x, dims, weight, bias, c_out, k, stride, pad, relu)
 }
 
 /// [`conv2d`] through the direct product (`use_direct`; with SIMD where [`direct::available`])
@@ -185,7 +191,13 @@ fn conv2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], b
 /// phases is an ordinary stride-1 convolution of the input with those taps, flipped.
 #[allow(clippy::too_many_arguments)]
 pub fn conv_transpose2d(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize, pad_out: usize) -> (Vec<f32>, [usize; 4]) {
-    conv_transpose2d_using(direct::available(), x, dims, weight, bias, c_out, k, stride, pad, pad_out, false)
+    conv_transpose2d_relu(x, dims, weight, bias, c_out, k, stride, pad, pad_out, false)
+}
+
+/// [`conv_transpose2d`], then a ReLU where `relu`, fused into the writes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_transpose2d_relu(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, k: usize, stride: usize, pad: usize, pad_out: usize, relu: bool) -> (Vec<f32>, [usize; 4]) {
+    conv_transpose2d_using(direct::available(), x, dims, weight, bias, c_out, k, stride, pad, pad_out, relu)
 }
 
 /// [`conv_transpose2d`] through the direct product or through im2col (see [`conv2d_using`]).
@@ -208,26 +220,29 @@ fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight:
         (taps, offs)
     };
     let phases: Vec<(Vec<usize>, Vec<isize>)> = (0..stride).map(phase_taps).collect();
-    // Weight matrices per (py, px): [c_out, c_in · |ty| · |tx|].
-    let mut mats = Vec::new();
-    for (ty, _) in &phases {
-        for (tx, _) in &phases {
-            let mut m = Array2::<f32>::zeros((c_out, c_in * ty.len() * tx.len()));
-            for co in 0..c_out {
-                let mut col = 0;
-                for ci in 0..c_in {
-                    for &ky in ty {
-                        for &kx in tx {
-                            m[[co, col]] = weight[((ci * c_out + co) * k + ky) * k + kx];
-                            col += 1;
-                        }
+    // Weight matrices per (py, px): [c_out, c_in · |ty| · |tx|], and their packed form, built
+    // by the pool (at every call: in training, on the calling thread they kept the pool waiting).
+    let phase_weights = |i: usize| {
+        let (ty, tx) = (&phases[i / stride].0, &phases[i % stride].0);
+        let mut m = Array2::<f32>::zeros((c_out, c_in * ty.len() * tx.len()));
+        for (co, mut row) in m.outer_iter_mut().enumerate() {
+            let row = row.as_slice_mut().expect("contiguous weight row");
+            let mut col = 0;
+            for ci in 0..c_in {
+                for &ky in ty {
+                    let taps = &weight[((ci * c_out + co) * k + ky) * k..][..k];
+                    for &kx in tx {
+                        row[col] = taps[kx];
+                        col += 1;
                     }
                 }
             }
-            mats.push(m);
         }
-    }
-    let packed: Option<Vec<direct::Packed>> = use_direct.then(|| mats.iter().map(|m| direct::Packed::new(m.view())).collect());
+        let packed = use_direct.then(|| direct::Packed::new(m.view()));
+        (m, packed)
+    };
+    let (mats, packed): (Vec<Array2<f32>>, Vec<Option<direct::Packed>>) = (0..stride * stride).into_par_iter().map(phase_weights).unzip();
+    let packed: Option<Vec<direct::Packed>> = packed.into_iter().collect();
     let all_dx: Vec<isize> = phases.iter().flat_map(|(_, offs)| offs.iter().copied()).collect();
     let mut out = crate::zeroed(b * c_out * h_out * w_out);
     for (xi, oi) in x.chunks(c_in * h * w).zip(out.chunks_mut(c_out * h_out * w_out)) {
@@ -449,19 +464,30 @@ fn plain_padding(conv: &Conv2d) -> Option<usize> {
     }
 }
 
-/// `conv.forward(x)`, through [`conv2d`] when `x` carries no autodiff graph (coding).
+/// `conv.forward(x)`: in training through the autodiff operation of [`crate::conv_op`], in
+/// coding through [`conv2d`] (burn's own where the geometry does not fit either).
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv_then(conv, x, false)
+}
+
+/// `relu(conv.forward(x))`, the ReLU fused into the convolution (and into its backward pass).
+pub fn conv_relu_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    conv_then(conv, x, true)
+}
+
+fn conv_then(conv: &Conv2d, x: Tensor<4>, relu: bool) -> Tensor<4> {
     if x.is_autodiff() {
         if let (Some(pad), Some(bias)) = (plain_padding(conv), conv.bias.as_ref()) {
             let g = crate::conv_op::Geometry { k: conv.kernel_size[0], stride: conv.stride[0], pad, pad_out: 0 };
-            if let Some(y) = crate::conv_op::conv(&x, &conv.weight.val(), &bias.val(), g, false) {
+            if let Some(y) = crate::conv_op::conv(&x, &conv.weight.val(), &bias.val(), g, false, relu) {
                 return y;
             }
         }
-        return conv.forward(x);
+        let y = conv.forward(x);
+        return if relu { burn::tensor::activation::relu(y) } else { y };
     }
     let (device, dims) = (x.device(), x.dims());
-    let (y, shape) = conv_values(conv, values(x), dims, false);
+    let (y, shape) = conv_values(conv, values(x), dims, relu);
     Tensor::from_data(TensorData::new(y, shape), &device)
 }
 
@@ -520,19 +546,29 @@ fn plain_transposed(deconv: &ConvTranspose2d) -> bool {
         && deconv.padding[0] * 2 < k0 + deconv.padding_out[0]
 }
 
-/// `deconv.forward(x)`, through [`conv_transpose2d`] when `x` carries no autodiff graph.
+/// `deconv.forward(x)`, as [`conv_forward`] (through [`conv_transpose2d`]).
 pub fn deconv_forward(deconv: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
+    deconv_then(deconv, x, false)
+}
+
+/// `relu(deconv.forward(x))`, the ReLU fused as in [`conv_relu_forward`].
+pub fn deconv_relu_forward(deconv: &ConvTranspose2d, x: Tensor<4>) -> Tensor<4> {
+    deconv_then(deconv, x, true)
+}
+
+fn deconv_then(deconv: &ConvTranspose2d, x: Tensor<4>, relu: bool) -> Tensor<4> {
     if x.is_autodiff() {
         if let (true, Some(bias)) = (plain_transposed(deconv), deconv.bias.as_ref()) {
             let g = crate::conv_op::Geometry { k: deconv.kernel_size[0], stride: deconv.stride[0], pad: deconv.padding[0], pad_out: deconv.padding_out[0] };
-            if let Some(y) = crate::conv_op::conv(&x, &deconv.weight.val(), &bias.val(), g, true) {
+            if let Some(y) = crate::conv_op::conv(&x, &deconv.weight.val(), &bias.val(), g, true, relu) {
                 return y;
             }
         }
-        return deconv.forward(x);
+        let y = deconv.forward(x);
+        return if relu { burn::tensor::activation::relu(y) } else { y };
     }
     let (device, dims) = (x.device(), x.dims());
-    let (y, shape) = deconv_values(deconv, values(x), dims, false);
+    let (y, shape) = deconv_values(deconv, values(x), dims, relu);
     Tensor::from_data(TensorData::new(y, shape), &device)
 }
 
@@ -689,6 +725,14 @@ mod tests {
         }
     }
 
+    fn then_relu(y: Tensor<4>, relu: bool) -> Tensor<4> {
+        if relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
+    }
+
     #[test]
     fn training_convolutions_match_burns_gradients() {
         let dev = Device::flex().autodiff();
@@ -710,22 +754,28 @@ mod tests {
             let conv = crate::conv(c_in, c_out, k, stride, &dev);
             let g = crate::conv_op::Geometry { k, stride, pad: k / 2, pad_out: 0 };
             let params = || (conv.weight.val(), conv.bias.as_ref().expect("bias").val());
-            let ours = |x: Tensor<4>| {
-                let (w, b) = params();
-                crate::conv_op::conv(&x, &w, &b, g, false).expect("the training operation takes this shape")
-            };
-            compare_gradients(ours, |x| conv.forward(x), params, [2, c_in, h, w], &format!("conv {c_in}->{c_out} k{k} s{stride} {h}x{w}"));
+            for relu in [false, true] {
+                let ours = |x: Tensor<4>| {
+                    let (w, b) = params();
+                    crate::conv_op::conv(&x, &w, &b, g, false, relu).expect("the training operation takes this shape")
+                };
+                let burns = |x| then_relu(conv.forward(x), relu);
+                compare_gradients(ours, burns, params, [2, c_in, h, w], &format!("conv {c_in}->{c_out} k{k} s{stride} {h}x{w} relu {relu}"));
+            }
         }
         // Transposed: enough output channels for the phases, and fewer (burn's forward).
         for (c_in, c_out, k, h, w) in [(8, 16, 5, 4, 6), (6, 3, 5, 7, 5), (4, 17, 5, 5, 300), (4, 17, 5, 1, 1), (5, 16, 3, 6, 9)] {
             let deconv = crate::deconv(c_in, c_out, k, &dev);
             let g = crate::conv_op::Geometry { k, stride: 2, pad: k / 2, pad_out: 1 };
             let params = || (deconv.weight.val(), deconv.bias.as_ref().expect("bias").val());
-            let ours = |x: Tensor<4>| {
-                let (w, b) = params();
-                crate::conv_op::conv(&x, &w, &b, g, true).expect("the training operation takes this shape")
-            };
-            compare_gradients(ours, |x| deconv.forward(x), params, [2, c_in, h, w], &format!("deconv {c_in}->{c_out} k{k} {h}x{w}"));
+            for relu in [false, true] {
+                let ours = |x: Tensor<4>| {
+                    let (w, b) = params();
+                    crate::conv_op::conv(&x, &w, &b, g, true, relu).expect("the training operation takes this shape")
+                };
+                let burns = |x| then_relu(deconv.forward(x), relu);
+                compare_gradients(ours, burns, params, [2, c_in, h, w], &format!("deconv {c_in}->{c_out} k{k} {h}x{w} relu {relu}"));
+            }
         }
     }
 
@@ -739,23 +789,26 @@ mod tests {
             let conv = crate::conv(3, 4, k, 2, &dev);
             let x = Tensor::<4>::random([1, 3, h, w], Distribution::Normal(0.0, 1.0), &dev);
             let g = crate::conv_op::Geometry { k, stride: 2, pad: k / 2, pad_out: 0 };
-            assert!(crate::conv_op::conv(&x, &conv.weight.val(), &conv.bias.as_ref().unwrap().val(), g, false).is_none(), "k{k} {h}x{w}");
+            assert!(crate::conv_op::conv(&x, &conv.weight.val(), &conv.bias.as_ref().unwrap().val(), g, false, false).is_none(), "k{k} {h}x{w}");
             let params = || (conv.weight.val(), conv.bias.as_ref().expect("bias").val());
             compare_gradients(|x| conv_forward(&conv, x), |x| conv.forward(x), params, [1, 3, h, w], &format!("fallback k{k} {h}x{w}"));
         }
     }
 
-    /// Everything the training operations compute for a conv → GDN → transposed conv stack,
+    /// Everything the training operations compute for a conv → GDN → transposed conv → ReLU stack,
     /// run in a rayon pool of `threads` threads.
     fn training_results(threads: usize, conv: &Conv2d, gdn: &crate::Gdn, deconv: &ConvTranspose2d, x: &Tensor<4>) -> Vec<Vec<f32>> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
         pool.install(|| {
             let x = x.clone().require_grad();
-            let y = deconv_forward(deconv, gdn.forward(conv_forward(conv, x.clone())));
+            let y = deconv_relu_forward(deconv, gdn.forward(conv_forward(conv, x.clone())));
             let grads = y.clone().sum().backward();
             let mut out = vec![values(y.inner()), values(x.grad(&grads).expect("dx"))];
             for w in [conv.weight.val(), deconv.weight.val()] {
                 out.push(values(w.grad(&grads).expect("dw")));
+            }
+            for b in [&conv.bias, &deconv.bias] {
+                out.push(values(b.as_ref().expect("bias").val().grad(&grads).expect("db")));
             }
             out.push(values(gdn.gamma.val().grad(&grads).expect("dgamma")));
             out
@@ -776,7 +829,7 @@ mod tests {
             let other = training_results(threads, &conv, &gdn, &deconv, &x);
             for (i, (a, b)) in one.iter().zip(&other).enumerate() {
                 let first = a.iter().zip(b).position(|(p, q)| p.to_bits() != q.to_bits());
-                assert!(first.is_none(), "result {i} (output, dx, dw, dw, dγ) differs with {threads} threads at {first:?}");
+                assert!(first.is_none(), "result {i} (output, dx, dw, dw, db, db, dγ) differs with {threads} threads at {first:?}");
             }
         }
     }

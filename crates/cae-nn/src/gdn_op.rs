@@ -24,7 +24,8 @@ use crate::flex_ops::{slice, tensor, Ad};
 /// What the backward pass needs, as plain values.
 #[derive(Clone, Debug)]
 struct State {
-    x: Vec<f32>,
+    /// Contiguous (cloning one only counts a reference).
+    x: FlexTensor,
     root: Vec<f32>,
     gamma: Vec<f32>,
     dims: [usize; 4],
@@ -43,9 +44,9 @@ impl Backward<Flex, 3> for GdnBackward {
 
     fn backward(self, ops: Ops<State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_beta, node_gamma] = ops.parents;
-        let dy = values(&grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let State { x, root, gamma, dims, inverse } = ops.state;
-        let (dx, dbeta, dgamma) = backward_blocked(&x, &root, &dy, &gamma, dims, inverse);
+        let (dx, dbeta, dgamma) = backward_blocked(slice(&x), &root, slice(&dy), &gamma, dims, inverse);
         let c = dims[1];
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, tensor(dx, &dims));
@@ -172,12 +173,12 @@ pub(crate) fn gdn(x: &Tensor<4>, beta: &Tensor<1>, gamma: &Tensor<2>, inverse: b
     let ba = beta.clone().try_into_primitive::<Ad>().ok()?;
     let ga = gamma.clone().try_into_primitive::<Ad>().ok()?;
     let dims = x.dims();
-    let xs = values(xa.primitive());
+    let xs = xa.primitive().to_contiguous();
     let bs = values(ba.primitive());
     let gs = values(ga.primitive());
     let gview = ArrayView2::from_shape((c, c), &gs[..]).expect("gamma [c, c]");
-    let mut y = xs.clone();
-    let mut root = crate::zeroed(xs.len());
+    let mut y = crate::copied(slice(&xs));
+    let mut root = crate::zeroed(y.len());
     crate::gdn::normalise(&mut y, Some(&mut root), dims, &bs, gview, inverse);
     let out = tensor(y, &dims);
     let out = match GdnBackward.prepare::<NoCheckpointing>([xa.node(), ba.node(), ga.node()]).compute_bound().stateful() {

@@ -17,7 +17,7 @@ mod tensors;
 pub use config::{ModelConfig, ConfigError};
 pub use density::FactorizedDensity;
 pub use direct::conv3x3_exact;
-pub use fastconv::{chain_values, conv2d, conv_forward, conv_transpose2d, conv_values, deconv_forward, deconv_values, weight_grad};
+pub use fastconv::{chain_values, conv2d, conv_forward, conv_relu_forward, conv_transpose2d, conv_values, deconv_forward, deconv_relu_forward, deconv_values, weight_grad};
 pub use gdn::Gdn;
 pub use tensors::{export_params, import_params, NamedTensor};
 
@@ -155,6 +155,17 @@ pub(crate) fn zeroed<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
     }
     let mut v = Vec::with_capacity(n);
     v.par_extend(rayon::iter::repeat_n(T::default(), n));
+    v
+}
+
+/// A copy of `x`, written by the thread pool where `x` is large (as [`zeroed`]).
+pub(crate) fn copied<T: Copy + Send + Sync>(x: &[T]) -> Vec<T> {
+    use rayon::prelude::*;
+    if x.len() < 1 << 16 {
+        return x.to_vec();
+    }
+    let mut v = Vec::with_capacity(x.len());
+    v.par_extend(x.par_iter().copied());
     v
 }
 
