@@ -377,9 +377,16 @@ fn weight_grad_using(use_direct: bool, small: &[f32], small_dims: [usize; 4], bi
                 part
             })
             .collect();
-        for part in &parts {
-            total += part;
-        }
+        // Added by the pool, piece by piece of the total, each piece in band order.
+        let parts: Vec<&[f32]> = parts.iter().map(|p| p.as_slice().expect("contiguous partial product")).collect();
+        let sum = total.as_slice_mut().expect("contiguous total");
+        sum.par_chunks_mut(1 << 12).enumerate().for_each(|(c, piece)| {
+            for part in &parts {
+                for (t, &v) in piece.iter_mut().zip(&part[c << 12..]) {
+                    *t += v;
+                }
+            }
+        });
     }
     total.into_raw_vec_and_offset().0
 }

@@ -17,7 +17,7 @@
 
 use std::hint::black_box;
 
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use cae_nn::ModelConfig;
 use caec_train::{data, net::Net};
@@ -188,7 +188,7 @@ fn training(c: &mut Criterion) {
     group.bench_function("plain_gdn", |b| b.iter(|| plain_step(&net, black_box(x.clone()))));
     let relu = Net::new(&ModelConfig { gdn: false, ..config() }, &dev);
     group.bench_function("plain_relu", |b| b.iter(|| plain_step(&relu, black_box(x.clone()))));
-    let mut optim = AdamConfig::new().init();
+    let mut optim = caec_train::adam::FusedAdam::new(1e-8, Some(1.0)).init();
     let mut model = Some(net);
     group.bench_function("step", |b| {
         b.iter(|| {

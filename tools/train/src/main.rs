@@ -1,6 +1,7 @@
 //! `caec-train`: learns a caec model from folders of images and exports it in the
 //! embeddable form (f16 weights, integer hyper-synthesis, integer probability tables).
 
+use caec_train::adam::FusedAdam;
 use caec_train::{data, net, plot};
 
 use std::io::Write;
@@ -10,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::grad_clipping::GradientClippingConfig;
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use cae_nn::ModelConfig;
 use clap::Parser;
@@ -194,10 +194,8 @@ fn main() -> Result<()> {
         step0 = s;
         eprintln!("resumed from {} at step {step0}", path.display());
     }
-    let mut optim = AdamConfig::new()
-        .with_epsilon(1e-8)
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
-        .init();
+    // Adam (ε = 1e-8) with each parameter's gradient clipped to norm 1, fused (see `adam`).
+    let mut optim = FusedAdam::new(1e-8, Some(1.0)).init();
 
     if !(0.0..1.0).contains(&args.ema) {
         bail!("--ema {}: a decay in [0, 1)", args.ema);
