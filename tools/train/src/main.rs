@@ -42,6 +42,10 @@ struct Args {
     /// Use ReLU instead of GDN in the main transforms.
     #[arg(long)]
     relu: bool,
+    /// Kernel size of the main transforms' convolutions (odd, 3 to 9; the hyperprior's stay 5
+    /// and 3).
+    #[arg(long, default_value_t = 5)]
+    kernel: usize,
     /// λ of each quality level, ascending (loss = λ·255²·MSE + bpp).
     #[arg(long, value_delimiter = ',', default_value = "0.0035,0.0067,0.013,0.025")]
     lambdas: Vec<f64>,
@@ -141,7 +145,7 @@ fn main() -> Result<()> {
         eprintln!("wrote {}", args.out.join("curves.png").display());
         return Ok(());
     }
-    let config = ModelConfig { n: args.n, m: args.m, kernel: 5, gdn: !args.relu, lambdas: args.lambdas.clone() };
+    let config = ModelConfig { n: args.n, m: args.m, kernel: args.kernel, gdn: !args.relu, lambdas: args.lambdas.clone() };
     config.validate()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
     std::fs::write(args.out.join("config.toml"), config.to_toml())?;
@@ -311,7 +315,8 @@ fn main() -> Result<()> {
 /// The command line with `--config FILE` replaced by the file's settings: each key becomes
 /// `--key value` (an array: the option once per element; `true`: the bare flag; `false`:
 /// nothing), placed before the command line's own options and left out where the command
-/// line gives that option itself, so the command line wins.
+/// line gives that option itself, so the command line wins. A model's `config.toml` (written
+/// beside its weights) reads too: its `gdn = false` is `--relu`.
 fn expand_config(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
     use std::ffi::OsString;
     let Some(i) = argv.iter().position(|a| a == "--config" || a.to_string_lossy().starts_with("--config=")) else {
@@ -347,6 +352,14 @@ fn expand_config(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString
     for (key, value) in &table {
         let flag = key.replace('_', "-");
         if given.contains(&flag) || flag == "config" {
+            continue;
+        }
+        if flag == "gdn" {
+            match value {
+                toml::Value::Boolean(gdn) if !gdn && !given.contains("relu") => out.push("--relu".into()),
+                toml::Value::Boolean(_) => {}
+                other => bail!("{}: gdn = {other} is not true or false", path.display()),
+            }
             continue;
         }
         match value {
@@ -429,6 +442,15 @@ mod tests {
         std::fs::write(&run, "data = [\"x\"]\nout = \"o\"\nnonesuch = 1\n").unwrap();
         assert!(Args::try_parse_from(expand_config(argv(&format!("caec-train --config {}", run.display()))).unwrap()).is_err());
         assert!(expand_config(argv("caec-train --config")).is_err());
+        // A model's config.toml (the form embedded models are described in): gdn, kernel.
+        for (gdn, kernel) in [(true, 5), (false, 3)] {
+            let model = cae_nn::ModelConfig { n: 32, m: 48, kernel, gdn, lambdas: vec![0.002, 0.01] };
+            std::fs::write(&run, format!("data = [\"x\"]\nout = \"o\"\n{}", model.to_toml())).unwrap();
+            let a = Args::parse_from(expand_config(argv(&format!("caec-train --config {}", run.display()))).unwrap());
+            assert_eq!((a.n, a.m, a.kernel, a.relu, a.lambdas), (32, 48, kernel, !gdn, vec![0.002, 0.01]));
+        }
+        std::fs::write(&run, "data = [\"x\"]\nout = \"o\"\ngdn = 1\n").unwrap();
+        assert!(expand_config(argv(&format!("caec-train --config {}", run.display()))).is_err());
     }
 
     #[test]
