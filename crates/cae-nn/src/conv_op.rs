@@ -25,7 +25,7 @@ use burn::tensor::DType;
 
 use rayon::prelude::*;
 
-use crate::fastconv::{conv2d, conv2d_relu, conv_transpose2d, conv_transpose2d_relu, weight_grad, MIN_PHASE_CHANNELS};
+use crate::fastconv::{conv2d, conv2d_relu, conv_transpose2d, conv_transpose2d_relu, phases_fit, weight_grad};
 use crate::flex_ops::{slice, tensor, Ad};
 
 /// Geometry of one square k x k layer with equal strides and paddings.
@@ -176,8 +176,9 @@ pub(crate) fn conv(x: &Tensor<4>, weight: &Tensor<4>, bias: &Tensor<1>, g: Geome
     let (y, y_dims) = if !transposed {
         let (y, dims) = conv2d_relu(slice(&xs), x_dims, slice(&ws), Some(slice(&bs)), c_out, g.k, g.stride, g.pad, relu);
         (tensor(y, &dims), dims)
-    } else if c_out < MIN_PHASE_CHANNELS {
-        // Few output channels: burn-flex's own form is faster (see `deconv_forward`).
+    } else if !phases_fit(c_out) {
+        // A few output channels, more than the few-row tile takes: burn-flex's own form is
+        // faster (see `deconv_values`).
         let [s, p, po] = [g.stride, g.pad, g.pad_out];
         let options = ConvTransposeOptions::new([s, s], [p, p], [po, po], [1, 1], 1);
         let y = <Flex as ModuleOps<Flex>>::conv_transpose2d(xs.clone(), ws.clone(), Some(bs), options);

@@ -223,7 +223,7 @@ impl Packed<f32> {
         }
         for k0 in (0..k).step_by(KC) {
             let offsets = &offsets[k0..(k0 + KC).min(k)];
-            for (x0, cols) in column_steps(ld) {
+            for (x0, cols) in column_steps(ld, self.c_out <= FEW) {
                 accumulate(self.block(k0), offsets, &b[x0..], &mut out[x0..], ld, cols, k0 == 0);
             }
         }
@@ -390,13 +390,26 @@ pub(crate) fn matmul<'a>(w: &Packed, b: &[f32], ldb: usize, n: usize, buf: &'a m
     (&buf.row[..w.rows() * ld], ld)
 }
 
+/// Output channels up to which the AVX-512 tile computes FEW rows over WIDE_COLS columns
+/// instead of MR rows (g_s's last layer: 3 channels, which left half of every 6-row tile idle).
+pub(crate) const FEW: usize = 3;
+const WIDE_COLS: usize = 8 * NR;
+
 /// The column steps of a result row `ld` wide (a multiple of NR): `(x0, cols)` with cols = 2·NR
-/// where the AVX-512 tile takes two vectors per row and two fit, else NR.
-fn column_steps(ld: usize) -> impl Iterator<Item = (usize, usize)> {
+/// where the AVX-512 tile takes two vectors per row and two fit, else NR; with `few` rows
+/// (AVX-512 only), WIDE_COLS first where they fit.
+fn column_steps(ld: usize, few: bool) -> impl Iterator<Item = (usize, usize)> {
     let wide = avx512();
+    let few = few && wide;
     let mut x0 = 0;
     std::iter::from_fn(move || {
-        let cols = if wide && x0 + 2 * NR <= ld { 2 * NR } else { NR };
+        let cols = if few && x0 + WIDE_COLS <= ld {
+            WIDE_COLS
+        } else if wide && x0 + 2 * NR <= ld {
+            2 * NR
+        } else {
+            NR
+        };
         let step = (x0 < ld).then_some((x0, cols));
         x0 += cols;
         step
@@ -405,8 +418,9 @@ fn column_steps(ld: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// For every tile t (`a` holds `tiles` blocks of kc·MR weights, kc = `offsets.len()`): the MR
 /// x `cols` values `c[(t·MR + r)·ld + j]` (r < MR, j < cols; cols = NR or 2·NR) become
-/// (`first`: 0, else themselves) + Σ_i a[t·kc·MR + i·MR + r] · b[offsets[i] + j]. Checked:
-/// every value read or written lies in `a`, `b` and `c`.
+/// (`first`: 0, else themselves) + Σ_i a[t·kc·MR + i·MR + r] · b[offsets[i] + j]; with cols =
+/// WIDE_COLS (one tile, AVX-512), the first FEW rows only. Checked: every value read or
+/// written lies in `a`, `b` and `c`.
 #[allow(clippy::too_many_arguments)]
 fn accumulate(a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f32], ld: usize, cols: usize, first: bool) {
     accumulate_on(avx512(), a, offsets, b, c, ld, cols, first)
@@ -418,7 +432,8 @@ fn accumulate_on(wide: bool, a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f
     assert!(!wide || avx512(), "AVX-512 tile without AVX-512");
     let kc = offsets.len();
     let tiles = if kc == 0 { 0 } else { a.len() / (kc * MR) };
-    assert!(a.len() == tiles * kc * MR && (cols == NR || cols == 2 * NR) && ld >= cols, "micro-kernel shapes");
+    let few = cols == WIDE_COLS && wide && tiles == 1;
+    assert!(a.len() == tiles * kc * MR && (cols == NR || cols == 2 * NR || few) && ld >= cols, "micro-kernel shapes");
     assert!(tiles == 0 || (tiles * MR - 1) * ld + cols <= c.len(), "micro-kernel: a tile outside the result");
     let last = offsets.iter().copied().max().unwrap_or(0);
     assert!(kc == 0 || last + cols <= b.len(), "micro-kernel: a run outside the input");
@@ -433,8 +448,9 @@ fn accumulate_on(wide: bool, a: &[f32], offsets: &[usize], b: &[f32], c: &mut [f
             unsafe {
                 let (a, offsets, b, c) = (a.as_ptr(), offsets.as_ptr(), b.as_ptr(), c.as_mut_ptr().add(t * MR * ld));
                 match (wide, cols == NR) {
-                    (true, true) => avx512::kernel::<1>(kc, a, offsets, b, c, ld, first),
-                    (true, false) => avx512::kernel::<2>(kc, a, offsets, b, c, ld, first),
+                    _ if few => avx512::kernel::<FEW, { WIDE_COLS / NR }>(kc, a, offsets, b, c, ld, first),
+                    (true, true) => avx512::kernel::<MR, 1>(kc, a, offsets, b, c, ld, first),
+                    (true, false) => avx512::kernel::<MR, 2>(kc, a, offsets, b, c, ld, first),
                     (false, _) => {
                         for x in (0..cols).step_by(NR) {
                             avx2::kernel(kc, a, offsets, b.add(x), c.add(x), ld, first);
@@ -875,19 +891,20 @@ mod avx512 {
     use super::{LANE_CHUNK, LP, MR, NR};
     use std::arch::x86_64::*;
 
-    /// The AVX2 `kernel`'s tile with `V` 16-lane accumulators per output channel (MR x V·NR
-    /// values; one broadcast of a weight serves its V vectors): V = 2 makes 12 independent sums,
-    /// enough to keep two FMA units busy through their latency, and halves the weight loads
-    /// per FMA.
+    /// The AVX2 `kernel`'s tile with `V` 16-lane accumulators per output channel (R x V·NR
+    /// values, the first R ≤ MR rows of a tile; one broadcast of a weight serves its V
+    /// vectors): R = MR, V = 2 makes 12 independent sums, enough to keep two FMA units busy
+    /// through their latency, and halves the weight loads per FMA; R = 3 (3 output channels),
+    /// V = 8 makes 24 for 8 loads of the input and 3 broadcasts per tap.
     ///
     /// # Safety
     /// AVX-512F must be available; `a` holds `kc·MR` values, `offsets` `kc` entries, `b +
-    /// offsets[i] ..` is readable for V·NR values, `c + r·ld ..` writable for V·NR values, r < MR.
+    /// offsets[i] ..` is readable for V·NR values, `c + r·ld ..` writable for V·NR values, r < R.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn kernel<const V: usize>(kc: usize, a: *const f32, offsets: *const usize, b: *const f32, c: *mut f32, ld: usize, first: bool) {
-        const { assert!(NR == 16 && (V == 1 || V == 2)) };
+    pub(super) unsafe fn kernel<const R: usize, const V: usize>(kc: usize, a: *const f32, offsets: *const usize, b: *const f32, c: *mut f32, ld: usize, first: bool) {
+        const { assert!(NR == 16 && R <= MR && R * V <= 24) };
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); V]; MR];
+            let mut acc = [[_mm512_setzero_ps(); V]; R];
             if !first {
                 for (r, acc) in acc.iter_mut().enumerate() {
                     for (v, acc) in acc.iter_mut().enumerate() {
@@ -1082,6 +1099,36 @@ mod tests {
     }
 
     #[test]
+    fn few_row_tile_equals_the_six_row_tile_bit_for_bit() {
+        if !avx512() {
+            eprintln!("this CPU has no AVX-512: the few-row tile is never used");
+            return;
+        }
+        let mut rng = crate::TestRng::new(31);
+        let ld = WIDE_COLS + 2 * NR;
+        for (kc, first) in [(1, true), (9, false), (128, true), (128, false)] {
+            let a = rng.values(kc * MR, -0.5, 0.5);
+            let b = rng.values(3000, -1.0, 1.0);
+            let offsets: Vec<usize> = (0..kc).map(|i| (i * 53) % (3000 - WIDE_COLS)).collect();
+            let start = rng.values(MR * ld, -1.0, 1.0);
+            let (mut few, mut six) = (start.clone(), start.clone());
+            accumulate_on(true, &a, &offsets, &b, &mut few, ld, WIDE_COLS, first);
+            for x0 in (0..WIDE_COLS).step_by(2 * NR) {
+                accumulate_on(true, &a, &offsets, &b[x0..], &mut six[x0..], ld, 2 * NR, first);
+            }
+            for r in 0..MR {
+                for x in 0..ld {
+                    let i = r * ld + x;
+                    // The first FEW rows over WIDE_COLS columns as the 6-row tile computes them;
+                    // nothing else written.
+                    let want = if r < FEW && x < WIDE_COLS { six[i] } else { start[i] };
+                    assert_eq!(few[i].to_bits(), want.to_bits(), "kc {kc}, first {first}, row {r}, column {x}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn lane_tiles_equal_the_tile_kernels_bit_for_bit() {
         if !avx512() {
             eprintln!("this CPU has no AVX-512: the lane layout is never used");
@@ -1225,14 +1272,19 @@ mod tests {
 
     #[test]
     fn column_steps_cover_the_row_once() {
-        for ld in [16, 32, 48, 64, 80, 384] {
-            let steps: Vec<(usize, usize)> = column_steps(ld).collect();
+        for (ld, few) in [16, 32, 48, 64, 80, 384, 400].into_iter().flat_map(|ld| [(ld, false), (ld, true)]) {
+            let steps: Vec<(usize, usize)> = column_steps(ld, few).collect();
             let mut x = 0;
             for &(x0, cols) in &steps {
                 assert_eq!(x0, x, "row {ld}: {steps:?}");
-                // Two vectors wherever two fit, on AVX-512; one elsewhere.
-                let wide = avx512() && x0 + 2 * NR <= ld;
-                assert_eq!(cols, if wide { 2 * NR } else { NR }, "row {ld}: {steps:?}");
+                // With few rows, WIDE_COLS wherever they fit; else two vectors wherever two fit,
+                // on AVX-512; one elsewhere.
+                let want = match avx512() {
+                    true if few && x0 + WIDE_COLS <= ld => WIDE_COLS,
+                    true if x0 + 2 * NR <= ld => 2 * NR,
+                    _ => NR,
+                };
+                assert_eq!(cols, want, "row {ld}, few {few}: {steps:?}");
                 x += cols;
             }
             assert_eq!(x, ld, "row {ld}: {steps:?}");

@@ -13,8 +13,16 @@ use rayon::prelude::*;
 
 use crate::direct;
 
-/// Fewest output channels for which [`deconv_forward`] runs the sub-pixel phases.
+/// Fewest output channels for which [`deconv_forward`] runs the sub-pixel phases, except where
+/// [`phases_fit`] finds the few-row tile.
 pub(crate) const MIN_PHASE_CHANNELS: usize = 16;
+
+/// Whether a transposed convolution to `c_out` channels runs as sub-pixel phases on our kernels:
+/// from MIN_PHASE_CHANNELS on, and with at most `direct::FEW` channels (g_s's last layer) where
+/// the direct product runs (its AVX-512 tile then computes 3 rows, not 6 of which 3 idle).
+pub(crate) fn phases_fit(c_out: usize) -> bool {
+    c_out >= MIN_PHASE_CHANNELS || (c_out <= direct::FEW && direct::available())
+}
 
 /// Output pixels per band: the band's im2col block (K x PIXELS) and result stay near the cache.
 const PIXELS: usize = 384;
@@ -582,11 +590,12 @@ fn deconv_then(deconv: &ConvTranspose2d, x: Tensor<4>, relu: bool) -> Tensor<4> 
 /// [`conv_values`] for a transposed convolution, through [`conv_transpose2d`].
 pub fn deconv_values(deconv: &ConvTranspose2d, x: Vec<f32>, dims: [usize; 4], relu: bool) -> (Vec<f32>, [usize; 4]) {
     let c_out = deconv.weight.val().dims()[1];
-    // With few output channels (g_s's last layer, 64 → 3) each phase's product has 3 rows:
-    // burn's form (one product over the input channels, then a scatter of the k² taps) is
-    // faster there, 3x against im2col and 1.7x against the direct product (21 against 37 ms
-    // at 768x512, layers bench).
-    if !plain_transposed(deconv) || c_out < MIN_PHASE_CHANNELS || dims.iter().any(|&d| d == 0) {
+    // With a few output channels, but more than the few-row tile takes, each phase's product
+    // has a few rows: burn's form (one product over the input channels, then a scatter of the
+    // k² taps) is faster there; at 3 channels (g_s's last layer, 768x512, layers bench) burn's
+    // took 21 ms against 37 on the 6-row tiles (an earlier session), and 33–35 ms against 23 on
+    // the 3-row tile (this one, a slower host).
+    if !plain_transposed(deconv) || !phases_fit(c_out) || dims.iter().any(|&d| d == 0) {
         return burn_values(x, dims, relu, &deconv.weight.val().device(), |t| deconv.forward(t));
     }
     let bias = deconv.bias.as_ref().map(|b| values(b.val()));
@@ -627,8 +636,10 @@ mod tests {
     fn transposed_convolutions_match_burns_on_random_inputs() {
         let dev = Device::flex();
         dev.seed(10);
-        // (4, 17, 5, 13, 200): several bands, and enough output channels for deconv_forward's phases.
-        for (c_in, c_out, k, h, w) in [(6, 3, 5, 11, 17), (8, 8, 5, 4, 6), (5, 4, 3, 7, 5), (4, 3, 5, 1, 1), (3, 2, 5, 9, 2), (4, 17, 5, 6, 7), (4, 17, 5, 13, 200)] {
+        // (4, 17, 5, 13, 200): several bands, and enough output channels for deconv_forward's
+        // phases; three channels (the few-row tile) on 150 columns: phase rows wider than
+        // WIDE_COLS and a rest.
+        for (c_in, c_out, k, h, w) in [(6, 3, 5, 11, 17), (8, 8, 5, 4, 6), (5, 4, 3, 7, 5), (4, 3, 5, 1, 1), (3, 2, 5, 9, 2), (4, 17, 5, 6, 7), (4, 17, 5, 13, 200), (8, 3, 5, 6, 150)] {
             let deconv = crate::deconv(c_in, c_out, k, &dev);
             let x = Tensor::<4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &dev);
             let want = values(deconv.forward(x.clone()));
@@ -770,8 +781,9 @@ mod tests {
                 compare_gradients(ours, burns, params, [2, c_in, h, w], &format!("conv {c_in}->{c_out} k{k} s{stride} {h}x{w} relu {relu}"));
             }
         }
-        // Transposed: enough output channels for the phases, and fewer (burn's forward).
-        for (c_in, c_out, k, h, w) in [(8, 16, 5, 4, 6), (6, 3, 5, 7, 5), (4, 17, 5, 5, 300), (4, 17, 5, 1, 1), (5, 16, 3, 6, 9)] {
+        // Transposed: enough output channels for the phases, three (the few-row tile, 200
+        // columns: one WIDE_COLS step and the rest), and a few more (burn's forward).
+        for (c_in, c_out, k, h, w) in [(8, 16, 5, 4, 6), (6, 3, 5, 7, 5), (6, 3, 5, 3, 100), (6, 8, 5, 7, 5), (4, 17, 5, 5, 300), (4, 17, 5, 1, 1), (5, 16, 3, 6, 9)] {
             let deconv = crate::deconv(c_in, c_out, k, &dev);
             let g = crate::conv_op::Geometry { k, stride: 2, pad: k / 2, pad_out: 1 };
             let params = || (deconv.weight.val(), deconv.bias.as_ref().expect("bias").val());
