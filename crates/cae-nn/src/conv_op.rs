@@ -6,7 +6,7 @@
 //! - transposed convolution: dX = convolution of dY, dW = [`weight_grad`] (X against dY);
 //! - both: db = Σ dY over the batch and the pixels;
 //! - with a ReLU fused into the forward pass, dY first becomes zero where the output was not
-//!   positive (burn's `relu_backward`), in the same parallel pass that sums db.
+//!   positive (burn's `relu_backward`), in a parallel pass before all three.
 //!
 //! burn computes the weight gradient as a convolution over swapped batch and channel axes,
 //! behind single-threaded transposes; here it is one matrix product per band of rows.
@@ -137,9 +137,8 @@ fn bias_grad(dy: &[f32], [b, c, h, w]: [usize; 4]) -> Vec<f32> {
 
 /// A convolution (`transposed == false`, weights `[c_out, c_in, k, k]`) or transposed
 /// convolution (weights `[c_in, c_out, k, k]`) with bias, then a ReLU where `relu`, as one
-/// recorded operation, when all
-/// three tensors live on flex with autodiff, hold f32 and have shapes that suit the kernels;
-/// `None` otherwise (the caller then uses burn's module).
+/// recorded operation, when all three tensors live on flex with autodiff, hold f32 and have
+/// shapes that suit the kernels; `None` otherwise (the caller then uses burn's module).
 pub(crate) fn conv(x: &Tensor<4>, weight: &Tensor<4>, bias: &Tensor<1>, g: Geometry, transposed: bool, relu: bool) -> Option<Tensor<4>> {
     let x_dims = x.dims();
     let [b, c_in, h, w] = x_dims;

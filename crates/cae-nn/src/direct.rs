@@ -376,10 +376,10 @@ pub(crate) fn product(input: &Padded, w: &Packed, dy: &[isize], dx: &[isize], ro
 
 /// The plain matrix product `w · b` for `b` = `[K, ldb]` (row j of `b` at `j·ldb`), columns
 /// `x < n`: returns the result rows (`[Packed::rows, ld]`: c_out, rounded up to MR in the tile
-/// layout; ld = n rounded up to NR,
-/// columns ≥ n unspecified) and `ld`. `ldb` must be at least `ld`: the micro-kernels read whole
-/// runs of NR or 2·NR below `ld` (what lies past column n only reaches columns past n). GDN's
-/// normaliser γ · x² and its backward products.
+/// layout; ld = n rounded up to NR; rows ≥ c_out and columns ≥ n unspecified) and `ld`. `ldb`
+/// must be at least `ld`: the micro-kernels read whole runs of NR, 2·NR or WIDE_COLS below `ld`
+/// (what lies past column n only reaches columns past n). GDN's normaliser γ · x² and its
+/// backward products.
 pub(crate) fn matmul<'a>(w: &Packed, b: &[f32], ldb: usize, n: usize, buf: &'a mut Buffers) -> (&'a [f32], usize) {
     let (k, ld) = (w.k, n.div_ceil(NR) * NR);
     assert!(ldb >= ld && b.len() >= k * ldb, "matmul: rows of b shorter than the runs read");
