@@ -498,8 +498,7 @@ fn conv_then(conv: &Conv2d, x: Tensor<4>, relu: bool) -> Tensor<4> {
                 return y;
             }
         }
-        let y = conv.forward(x);
-        return if relu { burn::tensor::activation::relu(y) } else { y };
+        return relu_if(conv.forward(x), relu);
     }
     let (device, dims) = (x.device(), x.dims());
     let (y, shape) = conv_values(conv, values(x), dims, relu);
@@ -542,10 +541,19 @@ pub fn chain_values<L>(x: Tensor<4>, layers: &[L], gdns: &[crate::Gdn], run: imp
 /// `layer` run by burn on the planes `x`, then ReLU where `relu`: the fallback of
 /// [`conv_values`] and [`deconv_values`].
 fn burn_values(x: Vec<f32>, dims: [usize; 4], relu: bool, device: &Device, layer: impl Fn(Tensor<4>) -> Tensor<4>) -> (Vec<f32>, [usize; 4]) {
-    let y = layer(Tensor::from_data(TensorData::new(x, dims), device));
-    let y = if relu { burn::tensor::activation::relu(y) } else { y };
+    let y = relu_if(layer(Tensor::from_data(TensorData::new(x, dims), device)), relu);
     let shape = y.dims();
     (values(y), shape)
+}
+
+/// `y`, or burn's ReLU of it where `relu`: what the fused ReLU replaces wherever burn's own
+/// operation runs.
+fn relu_if(y: Tensor<4>, relu: bool) -> Tensor<4> {
+    if relu {
+        burn::tensor::activation::relu(y)
+    } else {
+        y
+    }
 }
 
 /// Whether [`conv_transpose2d`] computes `deconv`'s geometry (square kernel, equal strides,
@@ -579,8 +587,7 @@ fn deconv_then(deconv: &ConvTranspose2d, x: Tensor<4>, relu: bool) -> Tensor<4> 
                 return y;
             }
         }
-        let y = deconv.forward(x);
-        return if relu { burn::tensor::activation::relu(y) } else { y };
+        return relu_if(deconv.forward(x), relu);
     }
     let (device, dims) = (x.device(), x.dims());
     let (y, shape) = deconv_values(deconv, values(x), dims, relu);
@@ -743,14 +750,6 @@ mod tests {
         }
     }
 
-    fn then_relu(y: Tensor<4>, relu: bool) -> Tensor<4> {
-        if relu {
-            burn::tensor::activation::relu(y)
-        } else {
-            y
-        }
-    }
-
     #[test]
     fn training_convolutions_match_burns_gradients() {
         let dev = Device::flex().autodiff();
@@ -777,7 +776,7 @@ mod tests {
                     let (w, b) = params();
                     crate::conv_op::conv(&x, &w, &b, g, false, relu).expect("the training operation takes this shape")
                 };
-                let burns = |x| then_relu(conv.forward(x), relu);
+                let burns = |x| relu_if(conv.forward(x), relu);
                 compare_gradients(ours, burns, params, [2, c_in, h, w], &format!("conv {c_in}->{c_out} k{k} s{stride} {h}x{w} relu {relu}"));
             }
         }
@@ -792,7 +791,7 @@ mod tests {
                     let (w, b) = params();
                     crate::conv_op::conv(&x, &w, &b, g, true, relu).expect("the training operation takes this shape")
                 };
-                let burns = |x| then_relu(deconv.forward(x), relu);
+                let burns = |x| relu_if(deconv.forward(x), relu);
                 compare_gradients(ours, burns, params, [2, c_in, h, w], &format!("deconv {c_in}->{c_out} k{k} {h}x{w} relu {relu}"));
             }
         }
