@@ -3,7 +3,7 @@
 
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use cae_nn::{chain_values, conv, conv_forward, conv_relu_forward, conv_values, Gdn, ModelConfig};
+use cae_nn::{conv, conv_chain, conv_forward, conv_relu_forward, Gdn, ModelConfig};
 
 /// `g_a`: four k x k stride-2 convolutions 3 → N → N → N → M, GDN (or ReLU) after the
 /// first three. Output: `[b, M, H/16, W/16]`.
@@ -23,9 +23,9 @@ impl Analysis {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         if !x.is_autodiff() {
-            // Coding: the layers pass plain planes to each other (no tensor per layer), ReLU
-            // fused into the convolutions' writes.
-            return chain_values(x, &self.convs, &self.gdns, conv_values);
+            // Coding: each layer writes straight into the next one's padded input (no tensor
+            // per layer), ReLU fused into the convolutions' writes.
+            return conv_chain(x, &self.convs, &self.gdns);
         }
         let mut x = x;
         for (i, c) in self.convs.iter().enumerate() {
@@ -60,12 +60,8 @@ impl HyperAnalysis {
 
     pub fn forward(&self, y: Tensor<4>) -> Tensor<4> {
         if !y.is_autodiff() {
-            let (device, dims) = (y.device(), y.dims());
-            let v: Vec<f32> = y.into_data().try_into_vec_as().expect("float latent");
-            let (v, dims) = conv_values(&self.convs[0], v, dims, true);
-            let (v, dims) = conv_values(&self.convs[1], v, dims, true);
-            let (v, dims) = conv_values(&self.convs[2], v, dims, false);
-            return Tensor::from_data(TensorData::new(v, dims), &device);
+            // ReLU after every layer but the last, as below.
+            return conv_chain(y, &self.convs, &[]);
         }
         let x = conv_relu_forward(&self.convs[0], y);
         let x = conv_relu_forward(&self.convs[1], x);

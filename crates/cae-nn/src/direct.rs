@@ -244,10 +244,69 @@ pub(crate) struct Padded<T = f32> {
     width: usize,
 }
 
+/// Where a [`Padded`] keeps one input row: its `stride` phase lines, `width` floats each, the
+/// row's values from `left` on. Copied out of the planes so that bands of rows can be written
+/// in parallel ([`Padded::bands_mut`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Lines {
+    stride: usize,
+    left: usize,
+    width: usize,
+}
+
+impl Lines {
+    /// Floats per input row (all its phase lines).
+    pub(crate) fn len(self) -> usize {
+        self.stride * self.width
+    }
+
+    /// Writes `f` of the values of one input row, column by column, into its phase lines
+    /// `lines` ([`Lines::len`] floats); margins are left as they are (zero).
+    #[inline(always)]
+    pub(crate) fn put<T: Copy>(self, lines: &mut [T], row: &[T], f: impl Fn(T) -> T) {
+        let (left, width, w) = (self.left, self.width, row.len());
+        match self.stride {
+            1 => lines[left..left + w].iter_mut().zip(row).for_each(|(o, &v)| *o = f(v)),
+            // Both phases in one pass over pairs (which vectorises; `step_by` did not).
+            2 => {
+                let (even, odd) = lines.split_at_mut(width);
+                let pairs = row.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    even[left + w / 2] = f(*last);
+                }
+                for ((e, o), pair) in even[left..].iter_mut().zip(&mut odd[left..]).zip(pairs) {
+                    *e = f(pair[0]);
+                    *o = f(pair[1]);
+                }
+            }
+            s => {
+                for (phase, line) in lines.chunks_mut(width).enumerate() {
+                    for (o, &v) in line[left..].iter_mut().zip(row.iter().skip(phase).step_by(s)) {
+                        *o = f(v);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl<T: Copy + Default + Send + Sync> Padded<T> {
     /// `dx`: the column offsets of the taps (any phase); `w_out`: the widest output row.
     pub(crate) fn new(x: &[T], c: usize, h: usize, w: usize, stride: usize, dx: &[isize], w_out: usize) -> Self {
         assert_eq!(x.len(), c * h * w, "input planes");
+        let mut padded = Self::zeroed(c, h, w, stride, dx, w_out);
+        let lines = padded.lines();
+        padded.data.par_chunks_mut(h * lines.len()).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
+            for (out, row) in out.chunks_mut(lines.len()).zip(plane.chunks(w)) {
+                lines.put(out, row, |v| v);
+            }
+        });
+        padded
+    }
+
+    /// Zeros in the layout of [`Padded::new`]: for a layer that writes its output straight
+    /// into its successor's input ([`Padded::bands_mut`]).
+    pub(crate) fn zeroed(c: usize, h: usize, w: usize, stride: usize, dx: &[isize], w_out: usize) -> Self {
         let s = stride as isize;
         let wp = w.div_ceil(stride);
         let shift_min = dx.iter().map(|&d| d.div_euclid(s)).min().unwrap_or(0);
@@ -255,34 +314,34 @@ impl<T: Copy + Default + Send + Sync> Padded<T> {
         let left = (-shift_min).max(0) as usize;
         let runs_end = w_out.div_ceil(NR) * NR;
         let width = left + wp.max((shift_max + runs_end as isize).max(0) as usize);
-        let mut data = crate::zeroed((c * h * stride + 1) * width);
-        data.par_chunks_mut(h * stride * width).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
-            for (lines, row) in out.chunks_mut(stride * width).zip(plane.chunks(w)) {
-                match stride {
-                    1 => lines[left..left + w].copy_from_slice(row),
-                    // Both phases in one pass over pairs (which vectorises; `step_by` did not).
-                    2 => {
-                        let (even, odd) = lines.split_at_mut(width);
-                        let pairs = row.chunks_exact(2);
-                        if let [last] = pairs.remainder() {
-                            even[left + w / 2] = *last;
-                        }
-                        for ((e, o), pair) in even[left..].iter_mut().zip(&mut odd[left..]).zip(pairs) {
-                            *e = pair[0];
-                            *o = pair[1];
-                        }
-                    }
-                    _ => {
-                        for (phase, line) in lines.chunks_mut(width).enumerate() {
-                            for (o, &v) in line[left..].iter_mut().zip(row.iter().skip(phase).step_by(stride)) {
-                                *o = v;
-                            }
-                        }
-                    }
-                }
+        Padded { data: crate::zeroed((c * h * stride + 1) * width), c, h, stride, left, width }
+    }
+
+    /// How one input row is laid out.
+    pub(crate) fn lines(&self) -> Lines {
+        Lines { stride: self.stride, left: self.left, width: self.width }
+    }
+
+    /// The input rows in bands of `rows` (the last may be shorter), for writing in parallel:
+    /// per band its first row and, channel by channel, the band's rows ([`Lines::len`] floats
+    /// each).
+    pub(crate) fn bands_mut(&mut self, rows: usize) -> Vec<(usize, Vec<&mut [T]>)> {
+        let (per_row, h) = (self.lines().len(), self.h);
+        let rows = rows.max(1);
+        let mut bands: Vec<(usize, Vec<&mut [T]>)> = (0..h.div_ceil(rows)).map(|i| (i * rows, Vec::with_capacity(self.c))).collect();
+        for plane in self.data[..self.c * h * per_row].chunks_mut((h * per_row).max(1)) {
+            for (band, part) in bands.iter_mut().zip(plane.chunks_mut(rows * per_row)) {
+                band.1.push(part);
             }
-        });
-        Padded { data, c, h, stride, left, width }
+        }
+        bands
+    }
+
+    /// The planes without the line of zeros, as NCHW planes (`[1, c, h·stride, width]`) whose
+    /// margins are zero: for operations in place that keep zero at zero (GDN, ReLU).
+    pub(crate) fn planes_mut(&mut self) -> (&mut [T], [usize; 4]) {
+        let dims = [1, self.c, self.h * self.stride, self.width];
+        (&mut self.data[..self.c * self.h * self.stride * self.width], dims)
     }
 
     /// The start of the line of zeros (the last line, `width` ≥ every run's length).

@@ -150,36 +150,17 @@ fn conv2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], b
     let packed = use_direct.then(|| direct::Packed::new(wm));
     let mut out = crate::zeroed(b * c_out * h_out * w_out);
     for (xi, oi) in x.chunks(c_in * h * w).zip(out.chunks_mut(c_out * h_out * w_out)) {
-        let input = match packed {
-            Some(_) => Input::Padded(direct::Padded::new(xi, c_in, h, w, stride, &offsets, w_out)),
-            None => Input::Planes(Planes::new(xi, c_in, h, w, stride)),
-        };
+        if let Some(packed) = &packed {
+            let input = direct::Padded::new(xi, c_in, h, w, stride, &offsets, w_out);
+            direct_planes(&input, packed, &offsets, bias, relu, oi, [c_out, h_out, w_out]);
+            continue;
+        }
+        let input = Planes::new(xi, c_in, h, w, stride);
         let output = ArrayViewMut3::from_shape((c_out, h_out, w_out), oi).expect("output planes");
         per_band_rows(output, 1, PIXELS, |scratch, mut band, rows| {
-            let Scratch { col, res, direct: bufs } = scratch;
-            let res = match (&input, &packed) {
-                (Input::Padded(input), Some(packed)) => {
-                    direct::product(input, packed, &offsets, &offsets, rows, w_out, bufs, |r, values, ld| {
-                        for (co, mut plane) in band.outer_iter_mut().enumerate() {
-                            let add = bias.map_or(0.0, |b| b[co]);
-                            let mut line = plane.row_mut(r);
-                            let line = line.as_slice_mut().expect("contiguous output row");
-                            for (d, &v) in line.iter_mut().zip(&values[co * ld..co * ld + w_out]) {
-                                *d = activate(v + add, relu);
-                            }
-                        }
-                    });
-                    return;
-                }
-                (Input::Planes(input), _) => {
-                    let mut res = view(res, c_out, rows.len() * w_out);
-                    let mut col = view(col, wm.ncols(), rows.len() * w_out);
-                    im2col(input, &taps, rows, w_out, &mut col);
-                    ndarray::linalg::general_mat_mul(1.0, &wm, &col, 0.0, &mut res);
-                    res
-                }
-                (Input::Padded(_), None) => unreachable!("padded planes come with packed weights"),
-            };
+            let (mut col, mut res) = scratch.views(wm.ncols(), c_out, rows.len() * w_out);
+            im2col(&input, &taps, rows, w_out, &mut col);
+            ndarray::linalg::general_mat_mul(1.0, &wm, &col, 0.0, &mut res);
             for (co, src) in res.outer_iter().enumerate() {
                 let add = bias.map_or(0.0, |values| values[co]);
                 for (mut dst, seg) in band.index_axis_mut(Axis(0), co).outer_iter_mut().zip(src.exact_chunks(w_out)) {
@@ -191,6 +172,112 @@ fn conv2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], b
         });
     }
     (out, [b, c_out, h_out, w_out])
+}
+
+/// One image's convolution on the direct product into its output planes `out` (`[c_out,
+/// h_out, w_out]`): bias, then ReLU where `relu`, fused into the writes.
+fn direct_planes(input: &direct::Padded, packed: &direct::Packed, offsets: &[isize], bias: Option<&[f32]>, relu: bool, out: &mut [f32], [c_out, h_out, w_out]: [usize; 3]) {
+    let output = ArrayViewMut3::from_shape((c_out, h_out, w_out), out).expect("output planes");
+    per_band_rows(output, 1, PIXELS, |scratch, mut band, rows| {
+        direct::product(input, packed, offsets, offsets, rows, w_out, &mut scratch.direct, |r, values, ld| {
+            for (co, mut plane) in band.outer_iter_mut().enumerate() {
+                let add = bias.map_or(0.0, |b| b[co]);
+                let mut line = plane.row_mut(r);
+                let line = line.as_slice_mut().expect("contiguous output row");
+                for (d, &v) in line.iter_mut().zip(&values[co * ld..co * ld + w_out]) {
+                    *d = activate(v + add, relu);
+                }
+            }
+        });
+    });
+}
+
+/// [`direct_planes`], the output rows (`w_out` wide) written straight into `out`, the next
+/// layer's zero-padded, phase-split input: no output planes to zero, no copy into that layout.
+fn direct_padded(input: &direct::Padded, packed: &direct::Packed, offsets: &[isize], bias: Option<&[f32]>, relu: bool, out: &mut direct::Padded, w_out: usize) {
+    let lines = out.lines();
+    out.bands_mut(band_rows(w_out, 1, PIXELS)).into_par_iter().for_each_init(direct::Buffers::default, |bufs, (start, mut planes)| {
+        let n = planes.first().map_or(0, |p| p.len() / lines.len());
+        direct::product(input, packed, offsets, offsets, start..start + n, w_out, bufs, |r, values, ld| {
+            for (co, plane) in planes.iter_mut().enumerate() {
+                let add = bias.map_or(0.0, |b| b[co]);
+                lines.put(&mut plane[r * lines.len()..(r + 1) * lines.len()], &values[co * ld..co * ld + w_out], |v| activate(v + add, relu));
+            }
+        });
+    });
+}
+
+/// One convolution of a [`conv_chain`]: its geometry, packed weights and bias.
+struct ChainLayer {
+    stride: usize,
+    offsets: Vec<isize>,
+    packed: direct::Packed,
+    bias: Option<Vec<f32>>,
+    /// Output channels, rows, columns.
+    out: [usize; 3],
+}
+
+impl ChainLayer {
+    /// `conv` on `[c, h, w]` planes, where the direct product computes it.
+    fn new(conv: &Conv2d, [c, h, w]: [usize; 3]) -> Option<Self> {
+        let pad = plain_padding(conv)?;
+        let (k, stride) = (conv.kernel_size[0], conv.stride[0]);
+        let [c_out, c_in, ..] = conv.weight.val().dims();
+        if c_in != c || c_out == 0 || h == 0 || w == 0 || h + 2 * pad < k || w + 2 * pad < k {
+            return None;
+        }
+        let weight = values(conv.weight.val());
+        let packed = direct::Packed::new(ArrayView2::from_shape((c_out, c_in * k * k), &weight[..]).expect("weight [c_out, c_in, k, k]"));
+        Some(ChainLayer {
+            stride,
+            offsets: (0..k).map(|t| t as isize - pad as isize).collect(),
+            packed,
+            bias: conv.bias.as_ref().map(|b| values(b.val())),
+            out: [c_out, (h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1],
+        })
+    }
+}
+
+/// g_a's and h_a's coding path: what [`chain_values`] with [`conv_values`] computes, to the
+/// bit, but each layer but the last writes its output rows straight into the next layer's
+/// zero-padded, phase-split input ([`direct::Padded`]), where GDN then runs in place (its
+/// margins stay zero: GDN(0) = ReLU(0) = 0). That drops, per layer, the zero fill of the
+/// output planes and the copy into the padded layout. Where the direct product is not
+/// available or a layer's geometry does not fit it, [`chain_values`] runs.
+pub fn conv_chain(x: Tensor<4>, convs: &[Conv2d], gdns: &[crate::Gdn]) -> Tensor<4> {
+    let (device, [b, c, h, w]) = (x.device(), x.dims());
+    let mut layers = Vec::with_capacity(convs.len());
+    let mut shape = [c, h, w];
+    for conv in convs.iter().take_while(|_| direct::available()) {
+        let Some(layer) = ChainLayer::new(conv, shape) else { break };
+        shape = layer.out;
+        layers.push(layer);
+    }
+    if layers.is_empty() || layers.len() < convs.len() || b == 0 {
+        return chain_values(x, convs, gdns, conv_values);
+    }
+    let last = layers.len() - 1;
+    let x = values(x);
+    let mut y = crate::zeroed(b * shape.iter().product::<usize>());
+    for (xi, yi) in x.chunks(c * h * w).zip(y.chunks_mut(shape.iter().product())) {
+        let first = &layers[0];
+        let mut input = direct::Padded::new(xi, c, h, w, first.stride, &first.offsets, first.out[2]);
+        for (i, (layer, next)) in layers.iter().zip(&layers[1..]).enumerate() {
+            let gdn = gdns.get(i);
+            let [c_out, h_out, w_out] = layer.out;
+            let mut out = direct::Padded::zeroed(c_out, h_out, w_out, next.stride, &next.offsets, next.out[2]);
+            direct_padded(&input, &layer.packed, &layer.offsets, layer.bias.as_deref(), gdn.is_none(), &mut out, w_out);
+            if let Some(g) = gdn {
+                let (data, dims) = out.planes_mut();
+                g.forward_values(data, dims);
+            }
+            input = out;
+        }
+        let layer = &layers[last];
+        direct_planes(&input, &layer.packed, &layer.offsets, layer.bias.as_deref(), false, yi, layer.out);
+    }
+    let [c_y, h_y, w_y] = shape;
+    Tensor::from_data(TensorData::new(y, [b, c_y, h_y, w_y]), &device)
 }
 
 /// A k x k transposed convolution with stride `stride`, padding `pad` and output padding
@@ -444,13 +531,19 @@ fn per_band_rows(
     f: impl Fn(&mut Scratch, ArrayViewMut3<'_, f32>, std::ops::Range<usize>) + Sync,
 ) {
     let (_, h, w) = output.dim();
-    let rows = ((pixels / w.max(1)).max(1)).div_ceil(multiple) * multiple;
+    let rows = band_rows(w, multiple, pixels);
     let bands: Vec<(usize, ArrayViewMut3<'_, f32>)> =
         output.axis_chunks_iter_mut(Axis(1), rows.max(1)).enumerate().map(|(i, v)| (i * rows, v)).collect();
     bands.into_par_iter().for_each_init(Scratch::default, |scratch, (start, band)| {
         let n = band.dim().1;
         f(scratch, band, start..(start + n).min(h))
     });
+}
+
+/// Rows per band of [`per_band_rows`]: about `pixels` pixels of a `w`-wide output, a multiple
+/// of `multiple` rows, at least one.
+fn band_rows(w: usize, multiple: usize, pixels: usize) -> usize {
+    ((pixels / w.max(1)).max(1)).div_ceil(multiple) * multiple
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -849,6 +942,37 @@ mod tests {
                 let first = a.iter().zip(b).position(|(p, q)| p.to_bits() != q.to_bits());
                 assert!(first.is_none(), "result {i} (output, dx, dw, dw, db, db, dγ) differs with {threads} threads at {first:?}");
             }
+        }
+    }
+
+    #[test]
+    fn chains_into_padded_inputs_code_as_layer_by_layer() {
+        let dev = Device::flex();
+        dev.seed(15);
+        let conv = |c_in, c_out, k, s| crate::conv(c_in, c_out, k, s, &dev);
+        // g_a in small with GDN and with ReLU (odd sizes: phase lines with a free slot at the
+        // end; 16 channels x 400 taps: the lane layout on AVX-512), rows wider than a band,
+        // h_a's 3x3 stride-1 layer before stride 2, one layer alone.
+        let g_a = || vec![conv(3, 16, 5, 2), conv(16, 16, 5, 2), conv(16, 16, 5, 2), conv(16, 24, 5, 2)];
+        let cases = [
+            (g_a(), true, [2, 3, 37, 53]),
+            (g_a(), false, [2, 3, 37, 53]),
+            (g_a(), true, [1, 3, 20, 900]),
+            (vec![conv(24, 16, 3, 1), conv(16, 16, 5, 2), conv(16, 16, 5, 2)], false, [2, 24, 9, 11]),
+            (vec![conv(4, 8, 5, 2)], false, [1, 4, 7, 7]),
+        ];
+        for (convs, gdn, dims) in cases {
+            let gdns: Vec<crate::Gdn> = match gdn {
+                true => convs.iter().map(|c| crate::Gdn::new(c.weight.val().dims()[0], false, &dev)).collect(),
+                false => Vec::new(),
+            };
+            let x = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
+            let want = chain_values(x.clone(), &convs, &gdns, conv_values);
+            let got = conv_chain(x, &convs, &gdns);
+            assert_eq!(got.dims(), want.dims());
+            let (got, want) = (values(got), values(want));
+            let first = got.iter().zip(&want).position(|(p, q)| p.to_bits() != q.to_bits());
+            assert!(first.is_none(), "{} layers, GDN {gdn}, {dims:?}: differs at {first:?}", convs.len());
         }
     }
 }
