@@ -9,7 +9,7 @@ pub use int_hyper::{fixed_to_f32, IntConv, IntConvKind, IntHyperSynthesis, Predi
 
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::prelude::*;
-use cae_nn::{chain_values, conv, conv_forward, deconv, deconv_forward, deconv_relu_forward, deconv_values, Gdn, ModelConfig, NamedTensor};
+use cae_nn::{conv, conv_forward, deconv, deconv_chain, deconv_forward, deconv_relu_forward, Gdn, ModelConfig, NamedTensor};
 
 /// `g_s`: four k x k stride-2 transposed convolutions M → N → N → N → 3, inverse GDN (or
 /// ReLU) after the first three.
@@ -30,8 +30,9 @@ impl Synthesis {
     /// Reconstruction, not yet clamped.
     pub fn forward(&self, y: Tensor<4>) -> Tensor<4> {
         if !y.is_autodiff() {
-            // Decoding: plain planes between the layers, ReLU fused into the writes.
-            return chain_values(y, &self.deconvs, &self.igdns, deconv_values);
+            // Decoding: each layer writes straight into the next one's padded input, ReLU
+            // fused into the writes.
+            return deconv_chain(y, &self.deconvs, &self.igdns);
         }
         let mut x = y;
         for (i, d) in self.deconvs.iter().enumerate() {

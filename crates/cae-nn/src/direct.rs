@@ -260,6 +260,11 @@ impl Lines {
         self.stride * self.width
     }
 
+    /// Where a row's values start in its (first) phase line.
+    pub(crate) fn left(self) -> usize {
+        self.left
+    }
+
     /// Writes `f` of the values of one input row, column by column, into its phase lines
     /// `lines` ([`Lines::len`] floats); margins are left as they are (zero).
     #[inline(always)]

@@ -307,95 +307,40 @@ fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight:
     if x.is_empty() || c_out == 0 {
         return (vec![0.0; b * c_out * h_out * w_out], [b, c_out, h_out, w_out]);
     }
-    // Per phase p (0..stride): the taps ky with (p + pad - ky) divisible by stride, and the
-    // input offset each reads: output s·Y + p = s·iy − pad + ky, so iy = Y + (p + pad − ky)/s.
-    let phase_taps = |p: usize| -> (Vec<usize>, Vec<isize>) {
-        let taps: Vec<usize> = (0..k).filter(|&t| (p + pad + stride * k - t) % stride == 0).collect();
-        let offs = taps.iter().map(|&t| (p as isize + pad as isize - t as isize) / stride as isize).collect();
-        (taps, offs)
-    };
-    let phases: Vec<(Vec<usize>, Vec<isize>)> = (0..stride).map(phase_taps).collect();
-    // Weight matrices per (py, px): [c_out, c_in · |ty| · |tx|], and their packed form, built
-    // by the pool (at every call: in training, on the calling thread they kept the pool waiting).
-    let phase_weights = |i: usize| {
-        let (ty, tx) = (&phases[i / stride].0, &phases[i % stride].0);
-        let mut m = Array2::<f32>::zeros((c_out, c_in * ty.len() * tx.len()));
-        for (co, mut row) in m.outer_iter_mut().enumerate() {
-            let row = row.as_slice_mut().expect("contiguous weight row");
-            let mut col = 0;
-            for ci in 0..c_in {
-                for &ky in ty {
-                    let taps = &weight[((ci * c_out + co) * k + ky) * k..][..k];
-                    for &kx in tx {
-                        row[col] = taps[kx];
-                        col += 1;
-                    }
-                }
-            }
-        }
-        let packed = use_direct.then(|| direct::Packed::new(m.view()));
-        (m, packed)
-    };
-    let (mats, packed): (Vec<Array2<f32>>, Vec<Option<direct::Packed>>) = (0..stride * stride).into_par_iter().map(phase_weights).unzip();
-    let packed: Option<Vec<direct::Packed>> = packed.into_iter().collect();
-    let all_dx: Vec<isize> = phases.iter().flat_map(|(_, offs)| offs.iter().copied()).collect();
+    let ph = Phases::new(use_direct, weight, c_in, c_out, k, stride, pad);
     let mut out = crate::zeroed(b * c_out * h_out * w_out);
     for (xi, oi) in x.chunks(c_in * h * w).zip(out.chunks_mut(c_out * h_out * w_out)) {
-        let input = match packed {
-            Some(_) => Input::Padded(direct::Padded::new(xi, c_in, h, w, 1, &all_dx, w_out.div_ceil(stride))),
-            None => Input::Planes(Planes::new(xi, c_in, h, w, 1)),
-        };
         let output = ArrayViewMut3::from_shape((c_out, h_out, w_out), oi).expect("output planes");
+        if let Some(packed) = &ph.packed {
+            let input = ph.padded(xi, c_in, h, w, w_out);
+            let bands = output_bands(output, band_rows(w_out, stride, PIXELS * stride * stride));
+            in_bands(bands, |bufs, band, rows| ph.direct_band(&input, packed, bias, relu, [h_out, w_out], band, rows, bufs));
+            continue;
+        }
+        let input = Planes::new(xi, c_in, h, w, 1);
         // Bands of a multiple of `stride` rows, so that each holds whole phase rows; each
         // phase's product covers 1/stride² of a band, so bands are stride² times larger.
         per_band_rows(output, stride, PIXELS * stride * stride, |scratch, mut band, rows| {
-            for (py, (_, offs_y)) in phases.iter().enumerate() {
-                // Phase rows Y with s·Y + py inside this band.
-                let y0 = (rows.start + stride - 1 - py) / stride;
-                let y1 = (rows.end + stride - 1 - py) / stride;
-                let y1 = y1.min((h_out + stride - 1 - py) / stride);
-                if y0 >= y1 {
-                    continue;
-                }
-                for (px, (_, offs_x)) in phases.iter().enumerate() {
+            for (py, (_, offs_y)) in ph.taps.iter().enumerate() {
+                let Some(ys) = ph.phase_rows(py, &rows, h_out) else { continue };
+                for (px, (_, offs_x)) in ph.taps.iter().enumerate() {
                     let xw = (w_out + stride - 1 - px) / stride;
                     if xw == 0 {
                         continue;
                     }
-                    let m = &mats[py * stride + px];
-                    let Scratch { col, res, direct: bufs } = &mut *scratch;
-                    let res = match (&input, &packed) {
-                        (Input::Padded(input), Some(packed)) => {
-                            direct::product(input, &packed[py * stride + px], offs_y, offs_x, y0..y1, xw, bufs, |r, values, ld| {
-                                for (co, mut plane) in band.outer_iter_mut().enumerate() {
-                                    let add = bias.map_or(0.0, |b| b[co]);
-                                    let mut line = plane.row_mut((y0 + r) * stride + py - rows.start);
-                                    let line = line.as_slice_mut().expect("contiguous output row");
-                                    for (d, &v) in line.iter_mut().skip(px).step_by(stride).zip(&values[co * ld..co * ld + xw]) {
-                                        *d = activate(v + add, relu);
-                                    }
-                                }
-                            });
-                            continue;
-                        }
-                        (Input::Planes(input), _) => {
-                            let mut res = view(res, c_out, (y1 - y0) * xw);
-                            let taps = Taps { dy: offs_y, dx: offs_x, stride: 1 };
-                            let mut col = view(col, m.ncols(), (y1 - y0) * xw);
-                            im2col(input, &taps, y0..y1, xw, &mut col);
-                            ndarray::linalg::general_mat_mul(1.0, m, &col, 0.0, &mut res);
-                            res
-                        }
-                        (Input::Padded(_), None) => unreachable!("padded planes come with packed weights"),
-                    };
+                    let m = &ph.mats[py * stride + px];
+                    let Scratch { col, res, .. } = &mut *scratch;
+                    let mut res = view(res, c_out, ys.len() * xw);
+                    let taps = Taps { dy: offs_y, dx: offs_x, stride: 1 };
+                    let mut col = view(col, m.ncols(), ys.len() * xw);
+                    im2col(&input, &taps, ys.clone(), xw, &mut col);
+                    ndarray::linalg::general_mat_mul(1.0, m, &col, 0.0, &mut res);
                     for co in 0..c_out {
                         let add = bias.map_or(0.0, |values| values[co]);
                         let src = res.row(co);
                         let src = src.as_slice().expect("contiguous result row");
-                        let mut plane = band.index_axis_mut(Axis(0), co);
-                        for (r, yy) in (y0..y1).enumerate() {
-                            let row = yy * stride + py - rows.start;
-                            let mut line = plane.index_axis_mut(Axis(0), row);
+                        for (r, yy) in ys.clone().enumerate() {
+                            let line = band.line(co, yy * stride + py - rows.start);
                             for (d, &v) in line.iter_mut().skip(px).step_by(stride).zip(&src[r * xw..(r + 1) * xw]) {
                                 *d = activate(v + add, relu);
                             }
@@ -406,6 +351,244 @@ fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight:
         });
     }
     (out, [b, c_out, h_out, w_out])
+}
+
+/// A transposed convolution as its stride² sub-pixel phases: per phase p (0..stride) of rows
+/// and of columns, the taps t with (p + pad − t) divisible by the stride and the input offset
+/// each reads (output s·Y + p = s·iy − pad + t, so iy = Y + (p + pad − t)/s); per phase pair
+/// (py, px) the weight matrix `[c_out, c_in · |ty| · |tx|]` and, for the direct product, its
+/// packed form.
+struct Phases {
+    stride: usize,
+    taps: Vec<(Vec<usize>, Vec<isize>)>,
+    mats: Vec<Array2<f32>>,
+    packed: Option<Vec<direct::Packed>>,
+    /// Every phase's column offsets: what the padded input must hold.
+    all_dx: Vec<isize>,
+}
+
+impl Phases {
+    /// `weight`: `[c_in, c_out, k, k]` as burn stores it.
+    fn new(use_direct: bool, weight: &[f32], c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize) -> Self {
+        let phase_taps = |p: usize| -> (Vec<usize>, Vec<isize>) {
+            let taps: Vec<usize> = (0..k).filter(|&t| (p + pad + stride * k - t) % stride == 0).collect();
+            let offs = taps.iter().map(|&t| (p as isize + pad as isize - t as isize) / stride as isize).collect();
+            (taps, offs)
+        };
+        let taps: Vec<(Vec<usize>, Vec<isize>)> = (0..stride).map(phase_taps).collect();
+        // Built by the pool (at every call: in training, on the calling thread they kept the
+        // pool waiting).
+        let phase_weights = |i: usize| {
+            let (ty, tx) = (&taps[i / stride].0, &taps[i % stride].0);
+            let mut m = Array2::<f32>::zeros((c_out, c_in * ty.len() * tx.len()));
+            for (co, mut row) in m.outer_iter_mut().enumerate() {
+                let row = row.as_slice_mut().expect("contiguous weight row");
+                let mut col = 0;
+                for ci in 0..c_in {
+                    for &ky in ty {
+                        let taps = &weight[((ci * c_out + co) * k + ky) * k..][..k];
+                        for &kx in tx {
+                            row[col] = taps[kx];
+                            col += 1;
+                        }
+                    }
+                }
+            }
+            let packed = use_direct.then(|| direct::Packed::new(m.view()));
+            (m, packed)
+        };
+        let (mats, packed): (Vec<Array2<f32>>, Vec<Option<direct::Packed>>) = (0..stride * stride).into_par_iter().map(phase_weights).unzip();
+        let all_dx = taps.iter().flat_map(|(_, offs)| offs.iter().copied()).collect();
+        Phases { stride, taps, mats, packed: packed.into_iter().collect(), all_dx }
+    }
+
+    /// The zero-padded input planes `x` (`[c, h, w]`) that [`Phases::direct_band`] reads for
+    /// an output `w_out` wide.
+    fn padded(&self, x: &[f32], c: usize, h: usize, w: usize, w_out: usize) -> direct::Padded {
+        direct::Padded::new(x, c, h, w, 1, &self.all_dx, w_out.div_ceil(self.stride))
+    }
+
+    /// The zeros of a [`Phases::padded`] input of `[c, h, w]`, for the layer before to write.
+    fn padded_zeros(&self, [c, h, w]: [usize; 3], w_out: usize) -> direct::Padded {
+        direct::Padded::zeroed(c, h, w, 1, &self.all_dx, w_out.div_ceil(self.stride))
+    }
+
+    /// The rows Y of row phase `py` whose output row s·Y + py lies in `rows`, if any.
+    fn phase_rows(&self, py: usize, rows: &std::ops::Range<usize>, h_out: usize) -> Option<std::ops::Range<usize>> {
+        let s = self.stride;
+        let y0 = (rows.start + s - 1 - py) / s;
+        let y1 = ((rows.end + s - 1 - py) / s).min((h_out + s - 1 - py) / s);
+        (y0 < y1).then_some(y0..y1)
+    }
+
+    /// The output rows `rows` (a band, whole phase rows) of one image on the direct product,
+    /// into `band`: bias, then ReLU where `relu`, fused into the writes.
+    #[allow(clippy::too_many_arguments)]
+    fn direct_band(&self, input: &direct::Padded, packed: &[direct::Packed], bias: Option<&[f32]>, relu: bool, [h_out, w_out]: [usize; 2], band: &mut impl Rows, rows: std::ops::Range<usize>, bufs: &mut direct::Buffers) {
+        let s = self.stride;
+        for (py, (_, offs_y)) in self.taps.iter().enumerate() {
+            let Some(ys) = self.phase_rows(py, &rows, h_out) else { continue };
+            for (px, (_, offs_x)) in self.taps.iter().enumerate() {
+                let xw = (w_out + s - 1 - px) / s;
+                if xw == 0 {
+                    continue;
+                }
+                let y0 = ys.start;
+                direct::product(input, &packed[py * s + px], offs_y, offs_x, ys.clone(), xw, bufs, |r, values, ld| {
+                    for co in 0..band.channels() {
+                        let add = bias.map_or(0.0, |b| b[co]);
+                        let line = band.line(co, (y0 + r) * s + py - rows.start);
+                        for (d, &v) in line.iter_mut().skip(px).step_by(s).zip(&values[co * ld..co * ld + xw]) {
+                            *d = activate(v + add, relu);
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// A band of output rows that a layer writes: channel `co`'s row `r` (from the band's first)
+/// as a line that holds output column x at index x.
+trait Rows: Send {
+    fn channels(&self) -> usize;
+    fn rows(&self) -> usize;
+    fn line(&mut self, co: usize, r: usize) -> &mut [f32];
+}
+
+/// Output planes (`[c, rows, w]`).
+impl Rows for ArrayViewMut3<'_, f32> {
+    fn channels(&self) -> usize {
+        self.dim().0
+    }
+
+    fn rows(&self) -> usize {
+        self.dim().1
+    }
+
+    fn line(&mut self, co: usize, r: usize) -> &mut [f32] {
+        self.index_axis_mut(Axis(0), co).index_axis_move(Axis(0), r).into_slice().expect("contiguous output row")
+    }
+}
+
+/// Rows of a stride-1 [`direct::Padded`] input of the next layer ([`direct::Padded::bands_mut`]).
+struct PaddedRows<'a> {
+    planes: Vec<&'a mut [f32]>,
+    lines: direct::Lines,
+}
+
+impl Rows for PaddedRows<'_> {
+    fn channels(&self) -> usize {
+        self.planes.len()
+    }
+
+    fn rows(&self) -> usize {
+        self.planes.first().map_or(0, |p| p.len() / self.lines.len())
+    }
+
+    fn line(&mut self, co: usize, r: usize) -> &mut [f32] {
+        let len = self.lines.len();
+        &mut self.planes[co][r * len + self.lines.left()..(r + 1) * len]
+    }
+}
+
+/// `output` (`[c, h, w]`) in bands of `rows` rows, each with its first row.
+fn output_bands(output: ArrayViewMut3<'_, f32>, rows: usize) -> Vec<(usize, ArrayViewMut3<'_, f32>)> {
+    let rows = rows.max(1);
+    let (mut bands, mut rest) = (Vec::new(), output);
+    while rest.dim().1 > rows {
+        let (band, more) = rest.split_at(Axis(1), rows);
+        bands.push((bands.len() * rows, band));
+        rest = more;
+    }
+    bands.push((bands.len() * rows, rest));
+    bands
+}
+
+/// `f(buffers, band, rows)` for every band (with its first row) in parallel.
+fn in_bands<B: Rows>(bands: Vec<(usize, B)>, f: impl Fn(&mut direct::Buffers, &mut B, std::ops::Range<usize>) + Sync + Send) {
+    bands.into_par_iter().for_each_init(direct::Buffers::default, |bufs, (start, mut band)| {
+        let n = band.rows();
+        f(bufs, &mut band, start..start + n)
+    });
+}
+
+/// One transposed convolution of a [`deconv_chain`].
+struct DeconvLayer {
+    phases: Phases,
+    bias: Option<Vec<f32>>,
+    /// Output channels, rows, columns.
+    out: [usize; 3],
+}
+
+impl DeconvLayer {
+    /// `deconv` on `[c, h, w]` planes, where our phases on the direct product compute it.
+    fn new(deconv: &ConvTranspose2d, [c, h, w]: [usize; 3]) -> Option<Self> {
+        let [c_in, c_out, ..] = deconv.weight.val().dims();
+        if !direct::available() || !plain_transposed(deconv) || !phases_fit(c_out) || c_in != c || h == 0 || w == 0 {
+            return None;
+        }
+        let (k, stride, pad, pad_out) = (deconv.kernel_size[0], deconv.stride[0], deconv.padding[0], deconv.padding_out[0]);
+        Some(DeconvLayer {
+            phases: Phases::new(true, &values(deconv.weight.val()), c_in, c_out, k, stride, pad),
+            bias: deconv.bias.as_ref().map(|b| values(b.val())),
+            out: [c_out, (h - 1) * stride + k + pad_out - 2 * pad, (w - 1) * stride + k + pad_out - 2 * pad],
+        })
+    }
+
+    /// One image's output rows from `input`, into `bands`.
+    fn run<B: Rows>(&self, input: &direct::Padded, relu: bool, bands: Vec<(usize, B)>) {
+        let [_, h_out, w_out] = self.out;
+        let packed = self.phases.packed.as_deref().expect("packed phases");
+        in_bands(bands, |bufs, band, rows| self.phases.direct_band(input, packed, self.bias.as_deref(), relu, [h_out, w_out], band, rows, bufs));
+    }
+
+    fn band_rows(&self) -> usize {
+        let s = self.phases.stride;
+        band_rows(self.out[2], s, PIXELS * s * s)
+    }
+}
+
+/// g_s's decoding path, as [`conv_chain`] for g_a: what [`chain_values`] with
+/// [`deconv_values`] computes, to the bit, each layer but the last writing its rows straight
+/// into the next layer's zero-padded input, inverse GDN in place over it. Where a layer does
+/// not run on our phases and the direct product, [`chain_values`] runs.
+pub fn deconv_chain(y: Tensor<4>, deconvs: &[ConvTranspose2d], gdns: &[crate::Gdn]) -> Tensor<4> {
+    let (device, [b, c, h, w]) = (y.device(), y.dims());
+    let mut layers: Vec<DeconvLayer> = Vec::with_capacity(deconvs.len());
+    let mut shape = [c, h, w];
+    for deconv in deconvs {
+        let Some(layer) = DeconvLayer::new(deconv, shape) else { break };
+        shape = layer.out;
+        layers.push(layer);
+    }
+    if layers.is_empty() || layers.len() < deconvs.len() || b == 0 {
+        return chain_values(y, deconvs, gdns, deconv_values);
+    }
+    let y = values(y);
+    let per_image: usize = shape.iter().product();
+    let mut out = crate::zeroed(b * per_image);
+    for (yi, oi) in y.chunks(c * h * w).zip(out.chunks_mut(per_image)) {
+        let mut input = layers[0].phases.padded(yi, c, h, w, layers[0].out[2]);
+        for (i, (layer, next)) in layers.iter().zip(&layers[1..]).enumerate() {
+            let gdn = gdns.get(i);
+            let mut planes = next.phases.padded_zeros(layer.out, next.out[2]);
+            let lines = planes.lines();
+            let bands = planes.bands_mut(layer.band_rows()).into_iter().map(|(start, planes)| (start, PaddedRows { planes, lines })).collect();
+            layer.run(&input, gdn.is_none(), bands);
+            if let Some(g) = gdn {
+                let (data, dims) = planes.planes_mut();
+                g.forward_values(data, dims);
+            }
+            input = planes;
+        }
+        let layer = layers.last().expect("a layer");
+        let [c_out, h_out, w_out] = layer.out;
+        let output = ArrayViewMut3::from_shape((c_out, h_out, w_out), oi).expect("output planes");
+        layer.run(&input, false, output_bands(output, layer.band_rows()));
+    }
+    let [c_x, h_x, w_x] = shape;
+    Tensor::from_data(TensorData::new(out, [b, c_x, h_x, w_x]), &device)
 }
 
 /// The weight gradient of both kinds of convolution, as one matrix product per band of output
@@ -525,16 +708,13 @@ enum Input<'a> {
 /// `(c_in·k² + c_out)·w` floats of scratch per worker, ~10 MB for a 6000-pixel-wide layer
 /// at N = 64; the codec's tiles are at most 1152 wide.)
 fn per_band_rows(
-    mut output: ArrayViewMut3<'_, f32>,
+    output: ArrayViewMut3<'_, f32>,
     multiple: usize,
     pixels: usize,
     f: impl Fn(&mut Scratch, ArrayViewMut3<'_, f32>, std::ops::Range<usize>) + Sync,
 ) {
     let (_, h, w) = output.dim();
-    let rows = band_rows(w, multiple, pixels);
-    let bands: Vec<(usize, ArrayViewMut3<'_, f32>)> =
-        output.axis_chunks_iter_mut(Axis(1), rows.max(1)).enumerate().map(|(i, v)| (i * rows, v)).collect();
-    bands.into_par_iter().for_each_init(Scratch::default, |scratch, (start, band)| {
+    output_bands(output, band_rows(w, multiple, pixels)).into_par_iter().for_each_init(Scratch::default, |scratch, (start, band)| {
         let n = band.dim().1;
         f(scratch, band, start..(start + n).min(h))
     });
@@ -973,6 +1153,31 @@ mod tests {
             let (got, want) = (values(got), values(want));
             let first = got.iter().zip(&want).position(|(p, q)| p.to_bits() != q.to_bits());
             assert!(first.is_none(), "{} layers, GDN {gdn}, {dims:?}: differs at {first:?}", convs.len());
+        }
+    }
+
+    #[test]
+    fn transposed_chains_into_padded_inputs_decode_as_layer_by_layer() {
+        let dev = Device::flex();
+        dev.seed(16);
+        let deconv = |c_in, c_out| crate::deconv(c_in, c_out, 5, &dev);
+        // g_s in small with inverse GDN and with ReLU, odd sizes, rows wider than a band, the
+        // last layer to 3 channels (the few-row tile on AVX-512, else the whole chain falls
+        // back) and to 16.
+        let g_s = |last| vec![deconv(24, 16), deconv(16, 16), deconv(16, 16), deconv(16, last)];
+        let cases = [(g_s(3), true, [2, 24, 5, 7]), (g_s(3), false, [2, 24, 5, 7]), (g_s(16), false, [1, 24, 2, 60]), (vec![deconv(8, 16)], false, [1, 8, 3, 3])];
+        for (deconvs, gdn, dims) in cases {
+            let gdns: Vec<crate::Gdn> = match gdn {
+                true => deconvs.iter().map(|d| crate::Gdn::new(d.weight.val().dims()[1], true, &dev)).collect(),
+                false => Vec::new(),
+            };
+            let x = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
+            let want = chain_values(x.clone(), &deconvs, &gdns, deconv_values);
+            let got = deconv_chain(x, &deconvs, &gdns);
+            assert_eq!(got.dims(), want.dims());
+            let (got, want) = (values(got), values(want));
+            let first = got.iter().zip(&want).position(|(p, q)| p.to_bits() != q.to_bits());
+            assert!(first.is_none(), "{} layers, GDN {gdn}, {dims:?}: differs at {first:?}", deconvs.len());
         }
     }
 }

@@ -17,7 +17,7 @@ mod tensors;
 pub use config::{ModelConfig, ConfigError};
 pub use density::FactorizedDensity;
 pub use direct::conv3x3_exact;
-pub use fastconv::{chain_values, conv2d, conv_chain, conv_forward, conv_relu_forward, conv_transpose2d, conv_values, deconv_forward, deconv_relu_forward, deconv_values, weight_grad};
+pub use fastconv::{chain_values, conv2d, conv_chain, deconv_chain, conv_forward, conv_relu_forward, conv_transpose2d, conv_values, deconv_forward, deconv_relu_forward, deconv_values, weight_grad};
 pub use gdn::Gdn;
 pub use tensors::{export_params, import_params, NamedTensor};
 
