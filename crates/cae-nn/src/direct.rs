@@ -807,14 +807,24 @@ fn accumulate_f64(a: &[f64], offsets: &[usize], b: &[f64], c: &mut [f64], ld: us
     assert!(kc == 0 || last + ld <= b.len(), "f64 micro-kernel: a run outside the input");
     #[cfg(target_arch = "x86_64")]
     if simd() {
+        let wide = avx512();
         for (t, a) in a.chunks_exact(kc.max(1) * MR).enumerate() {
-            for x0 in (0..ld).step_by(NR64) {
-                // SAFETY: AVX2 and FMA are present; reads inside `a` (kc·MR per tile) and `b`
-                // (offsets + x0 + NR64 ≤ offsets + ld ≤ b.len()), the tile's rows inside `c`
-                // ((t·MR + r)·ld + x0 + NR64 ≤ tiles·MR·ld): all checked above.
+            let mut x0 = 0;
+            while x0 < ld {
+                // SAFETY: AVX2 and FMA are present (AVX-512F for the 2·NR64 step); reads inside
+                // `a` (kc·MR per tile) and `b` (offsets + x0 + step ≤ offsets + ld ≤ b.len()),
+                // the tile's rows inside `c` ((t·MR + r)·ld + x0 + step ≤ tiles·MR·ld): all
+                // checked above, the step fitting below ld.
                 #[allow(unsafe_code)]
                 unsafe {
-                    avx2::kernel_f64(kc, a.as_ptr(), offsets.as_ptr(), b.as_ptr().add(x0), c.as_mut_ptr().add(t * MR * ld + x0), ld, first);
+                    let (a, offsets, b, c) = (a.as_ptr(), offsets.as_ptr(), b.as_ptr().add(x0), c.as_mut_ptr().add(t * MR * ld + x0));
+                    if wide && x0 + 2 * NR64 <= ld {
+                        avx512::kernel_f64::<MR, 2>(kc, a, offsets, b, c, ld, first);
+                        x0 += 2 * NR64;
+                    } else {
+                        avx2::kernel_f64(kc, a, offsets, b, c, ld, first);
+                        x0 += NR64;
+                    }
                 }
             }
         }
@@ -955,48 +965,59 @@ mod avx512 {
     use super::{LANE_CHUNK, LP, MR, NR};
     use std::arch::x86_64::*;
 
-    /// The AVX2 `kernel`'s tile with `V` 16-lane accumulators per output channel (R x V·NR
-    /// values, the first R ≤ MR rows of a tile; one broadcast of a weight serves its V
-    /// vectors): R = MR, V = 2 makes 12 independent sums, enough to keep two FMA units busy
-    /// through their latency, and halves the weight loads per FMA; R = 3 (3 output channels),
-    /// V = 8 makes 24 for 8 loads of the input and 3 broadcasts per tap.
+    /// Defines `$name`: the AVX2 `kernel`'s tile with `V` vector accumulators (`$lanes`
+    /// values each) per output channel (R x V·$lanes values, the first R ≤ MR rows of a tile;
+    /// one broadcast of a weight serves its V vectors): R = MR, V = 2 makes 12 independent
+    /// sums, enough to keep two FMA units busy through their latency, and halves the weight
+    /// loads per FMA; R = 3 (3 output channels), V = 8 makes 24 for 8 loads of the input and 3
+    /// broadcasts per tap.
     ///
-    /// # Safety
+    /// # Safety (of the defined function)
     /// AVX-512F must be available; `a` holds `kc·MR` values, `offsets` `kc` entries, `b +
-    /// offsets[i] ..` is readable for V·NR values, `c + r·ld ..` writable for V·NR values, r < R.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn kernel<const R: usize, const V: usize>(kc: usize, a: *const f32, offsets: *const usize, b: *const f32, c: *mut f32, ld: usize, first: bool) {
-        const { assert!(NR == 16 && R <= MR && R * V <= 24) };
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); V]; R];
-            if !first {
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    for (v, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_loadu_ps(c.add(r * ld + v * NR));
+    /// offsets[i] ..` is readable for V·$lanes values, `c + r·ld ..` writable for V·$lanes
+    /// values, r < R.
+    macro_rules! wide_kernel {
+        ($name:ident, $t:ty, $lanes:expr, $zero:ident, $load:ident, $store:ident, $splat:ident, $fma:ident) => {
+            #[target_feature(enable = "avx512f")]
+            pub(super) unsafe fn $name<const R: usize, const V: usize>(kc: usize, a: *const $t, offsets: *const usize, b: *const $t, c: *mut $t, ld: usize, first: bool) {
+                const { assert!(R <= MR && R * V <= 24) };
+                unsafe {
+                    let mut acc = [[$zero(); V]; R];
+                    if !first {
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            for (v, acc) in acc.iter_mut().enumerate() {
+                                *acc = $load(c.add(r * ld + v * $lanes));
+                            }
+                        }
+                    }
+                    for i in 0..kc {
+                        let p = b.add(*offsets.add(i));
+                        let mut run = [$zero(); V];
+                        for (v, run) in run.iter_mut().enumerate() {
+                            *run = $load(p.add(v * $lanes));
+                        }
+                        let w = a.add(i * MR);
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let wr = $splat(*w.add(r));
+                            for (acc, &run) in acc.iter_mut().zip(&run) {
+                                *acc = $fma(wr, run, *acc);
+                            }
+                        }
+                    }
+                    for (r, acc) in acc.iter().enumerate() {
+                        for (v, acc) in acc.iter().enumerate() {
+                            $store(c.add(r * ld + v * $lanes), *acc);
+                        }
                     }
                 }
             }
-            for i in 0..kc {
-                let p = b.add(*offsets.add(i));
-                let mut run = [_mm512_setzero_ps(); V];
-                for (v, run) in run.iter_mut().enumerate() {
-                    *run = _mm512_loadu_ps(p.add(v * NR));
-                }
-                let w = a.add(i * MR);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let wr = _mm512_set1_ps(*w.add(r));
-                    for (acc, &run) in acc.iter_mut().zip(&run) {
-                        *acc = _mm512_fmadd_ps(wr, run, *acc);
-                    }
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                for (v, acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(c.add(r * ld + v * NR), *acc);
-                }
-            }
-        }
+        };
     }
+
+    const _: () = assert!(NR == 16);
+    wide_kernel!(kernel, f32, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps);
+    // The exact f64 product ([`super::conv3x3_exact`]): 6 x 16 values a tile (V = 2).
+    wide_kernel!(kernel_f64, f64, 8, _mm512_setzero_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd, _mm512_fmadd_pd);
 
     /// The lane tile: `V` vectors of 16 output channels x `P` pixels (V·P accumulators), the
     /// pixel `q` of tap `i` at `b + offsets[i] + q` broadcast against the tap's V weight vectors
