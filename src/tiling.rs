@@ -193,8 +193,11 @@ mod tests {
         let d = max_diff(&whole_y, &tiled_y);
         assert!(d <= 1e-4 * scale, "g_a: tiles of 128 differ by {d} (latent magnitude {scale})");
         // A halo narrower than the receptive field shows at the borders: the test can fail.
+        // (The default of 2026-11-29 differs by 0.6 % of the latent's magnitude there, the
+        // one before by over 1 %: far above the 0.01 % that tiles with HALO keep.)
         let narrow = tensor_to_vec(analyse(&model, x, pw, ph, 128, 16));
-        assert!(max_diff(&whole_y, &narrow) > 1e-2 * scale, "a 16-pixel halo should not be exact");
+        let d = max_diff(&whole_y, &narrow);
+        assert!(d > 1e-3 * scale, "a 16-pixel halo should not be exact: it differs by {d} (latent magnitude {scale})");
 
         let (yh, yw) = (ph / LATENT, pw / LATENT);
         let y: Vec<f32> = whole_y.iter().map(|v| v.round()).collect();
