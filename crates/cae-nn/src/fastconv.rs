@@ -1125,6 +1125,14 @@ mod tests {
         }
     }
 
+    /// `got` holds `want`'s shape and values, bit for bit.
+    fn same_bits(got: Tensor<4>, want: Tensor<4>, what: &str) {
+        assert_eq!(got.dims(), want.dims(), "{what}: shape");
+        let (got, want) = (values(got), values(want));
+        let first = got.iter().zip(&want).position(|(p, q)| p.to_bits() != q.to_bits());
+        assert!(first.is_none(), "{what}: differs at {first:?}");
+    }
+
     #[test]
     fn chains_into_padded_inputs_code_as_layer_by_layer() {
         let dev = Device::flex();
@@ -1149,10 +1157,7 @@ mod tests {
             let x = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
             let want = chain_values(x.clone(), &convs, &gdns, conv_values);
             let got = conv_chain(x, &convs, &gdns);
-            assert_eq!(got.dims(), want.dims());
-            let (got, want) = (values(got), values(want));
-            let first = got.iter().zip(&want).position(|(p, q)| p.to_bits() != q.to_bits());
-            assert!(first.is_none(), "{} layers, GDN {gdn}, {dims:?}: differs at {first:?}", convs.len());
+            same_bits(got, want, &format!("{} layers, GDN {gdn}, {dims:?}", convs.len()));
         }
     }
 
@@ -1174,10 +1179,7 @@ mod tests {
             let x = Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), &dev);
             let want = chain_values(x.clone(), &deconvs, &gdns, deconv_values);
             let got = deconv_chain(x, &deconvs, &gdns);
-            assert_eq!(got.dims(), want.dims());
-            let (got, want) = (values(got), values(want));
-            let first = got.iter().zip(&want).position(|(p, q)| p.to_bits() != q.to_bits());
-            assert!(first.is_none(), "{} layers, GDN {gdn}, {dims:?}: differs at {first:?}", deconvs.len());
+            same_bits(got, want, &format!("{} layers, GDN {gdn}, {dims:?}", deconvs.len()));
         }
     }
 }
