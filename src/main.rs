@@ -429,7 +429,7 @@ fn batch(
                     None
                 }
                 Err(e) => {
-                    let msg = format!("{}: {}", input.display(), format!("{e:#}").replace('\n', " "));
+                    let msg = format!("{}: {}", input.display(), one_line(&e));
                     bar.suspend(|| eprintln!("caec: error: {msg}"));
                     Some(msg)
                 }
@@ -693,6 +693,22 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// An error and its causes on one line, `outer: cause: …`, leaving out a cause whose text the
+/// line already ends with (the library's errors say their cause in their own message, and
+/// the image decoder's do too: "image: X: X" would repeat it).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line = format!("{line}: {text}");
+        }
+    }
+    line
+}
+
 fn main() -> ExitCode {
     // A panic is a bug, but the user still gets one line and an exit code, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -711,7 +727,7 @@ fn main() -> ExitCode {
     match std::panic::catch_unwind(|| run(cli)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            eprintln!("caec: error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("caec: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
         Err(_) => ExitCode::from(2),

@@ -23,6 +23,9 @@ fn assert_clean_failure(out: &Output, needle: &str) {
     assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
     assert!(err.contains(needle), "{needle:?} not in {err}");
     assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "stderr: {err}");
+    // No cause said twice in a row ("image: X: X").
+    let parts: Vec<&str> = err.trim_end().split(": ").collect();
+    assert!(parts.windows(2).all(|w| w[0] != w[1]), "a cause repeated: {err}");
 }
 
 fn write_png(dir: &Path, name: &str, w: u32, h: u32) -> String {
