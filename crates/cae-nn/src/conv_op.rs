@@ -105,9 +105,7 @@ fn relu_backward(dy: &[f32], y: &[f32]) -> Vec<f32> {
     assert_eq!(dy.len(), y.len(), "one gradient per output");
     let mut out = crate::zeroed(dy.len());
     out.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))).for_each(|(o, (d, y))| {
-        for ((o, &d), &y) in o.iter_mut().zip(d).zip(y) {
-            *o = if y <= 0.0 { 0.0 } else { d };
-        }
+        crate::direct::relu_grad(o, d, y);
     });
     out
 }

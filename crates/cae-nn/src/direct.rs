@@ -62,6 +62,109 @@ fn avx512() -> bool {
     }
 }
 
+/// Defines `fn $name(args)` whose body runs compiled for AVX-512 where the CPU has it
+/// ([`avx512`]), else for the crate's baseline (SSE2): for the element-wise loops around the
+/// tiles (bias and ReLU in a layer's writes, the phase split, ReLU's backward pass), which the
+/// compiler vectorises only as wide as the target allows. The body is an `inline(always)`
+/// function called from an AVX-512 twin (a closure would not be inlined there). Rust never
+/// contracts a product and a sum into an FMA and these loops have no reductions, so both give
+/// the same bits.
+macro_rules! element_wise {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            if avx512() {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(unsafe_code)]
+                unsafe fn twin($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                // SAFETY: avx512() checked that the CPU has AVX-512F, AVX2 and FMA.
+                #[allow(unsafe_code)]
+                unsafe {
+                    twin($($arg),*)
+                };
+                return;
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// `v + add`, or its ReLU where `relu`: bias and activation fused into the writes of a
+/// result. As burn-flex's `relu`: NaN stays NaN, negatives and −0 become +0.
+#[inline(always)]
+pub(crate) fn activate(v: f32, add: f32, relu: bool) -> f32 {
+    let v = v + add;
+    if !relu || v > 0.0 || v.is_nan() {
+        v
+    } else {
+        0.0
+    }
+}
+
+element_wise! {
+    /// `dst[i] = activate(src[i], add, relu)` over the shorter of the two.
+    pub(crate) fn write_activated(dst: &mut [f32], src: &[f32], add: f32, relu: bool) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = activate(v, add, relu);
+        }
+    }
+}
+
+element_wise! {
+    /// [`Lines::put`] of `activate(v, add, relu)` of a result row.
+    pub(crate) fn put_activated(lines: Lines, dst: &mut [f32], row: &[f32], add: f32, relu: bool) {
+        lines.put(dst, row, |v| activate(v, add, relu));
+    }
+}
+
+/// One phase of a transposed convolution's output row: `line[px + s·i] = activate(src[i],
+/// add, relu)` for every i with both sides in range. For s = 2 on AVX-512, 16 values per step
+/// spread over 32 columns and written with a mask ([`avx512::put_phase2`]), leaving the other
+/// phase's columns as they are; the same values as one by one.
+pub(crate) fn put_phase(line: &mut [f32], px: usize, s: usize, src: &[f32], add: f32, relu: bool) {
+    assert!(s > 0, "a stride of 0");
+    let n = src.len().min(line.len().saturating_sub(px).div_ceil(s));
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if s == 2 && avx512() {
+        while i + 16 <= n {
+            // SAFETY: AVX-512F is present; the kernel reads src[i .. i + 16] (i + 16 ≤ n ≤
+            // src.len()) and writes only line[px + 2·(i + j)] for j < 16, below line.len()
+            // since px + 2·(n − 1) < line.len() by the choice of n.
+            #[allow(unsafe_code)]
+            unsafe {
+                avx512::put_phase2(line.as_mut_ptr().add(2 * i), px, src.as_ptr().add(i), add, relu);
+            }
+            i += 16;
+        }
+    }
+    for (d, &v) in line.iter_mut().skip(px + s * i).step_by(s).zip(&src[i..n]) {
+        *d = activate(v, add, relu);
+    }
+}
+
+element_wise! {
+    /// [`Lines::put`] of an input row as it is.
+    fn put_copy(lines: Lines, dst: &mut [f32], row: &[f32]) {
+        lines.put(dst, row, |v| v);
+    }
+}
+
+element_wise! {
+    /// ReLU's backward pass: `out[i] = 0` where the output `y[i] ≤ 0`, else `dy[i]` (a NaN
+    /// output passes the gradient, as burn's `relu_backward`).
+    pub(crate) fn relu_grad(out: &mut [f32], dy: &[f32], y: &[f32]) {
+        for ((o, &d), &y) in out.iter_mut().zip(dy).zip(y) {
+            *o = if y <= 0.0 { 0.0 } else { d };
+        }
+    }
+}
+
 fn simd() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -213,12 +316,7 @@ impl Packed<f32> {
             for k0 in (0..k).step_by(KCL) {
                 accumulate_lanes(self.block(k0), &offsets[k0..(k0 + KCL).min(k)], b, lanes, n, self.c_out, k0 == 0);
             }
-            // Pixel-major to channel rows.
-            for (x, values) in lanes.chunks_exact(self.c_out).take(n).enumerate() {
-                for (co, &v) in values.iter().enumerate() {
-                    out[co * ld + x] = v;
-                }
-            }
+            turn(&lanes[..n * self.c_out], n, self.c_out, out, ld);
             return;
         }
         for k0 in (0..k).step_by(KC) {
@@ -295,7 +393,25 @@ impl Lines {
     }
 }
 
-impl<T: Copy + Default + Send + Sync> Padded<T> {
+/// What [`Padded`] holds: f32 (the network's values) or f64 (the exact hyper-synthesis').
+pub(crate) trait Element: Copy + Default + Send + Sync {
+    /// [`Lines::put`] of an input row as it is.
+    fn put_row(lines: Lines, dst: &mut [Self], row: &[Self]);
+}
+
+impl Element for f32 {
+    fn put_row(lines: Lines, dst: &mut [f32], row: &[f32]) {
+        put_copy(lines, dst, row);
+    }
+}
+
+impl Element for f64 {
+    fn put_row(lines: Lines, dst: &mut [f64], row: &[f64]) {
+        lines.put(dst, row, |v| v);
+    }
+}
+
+impl<T: Element> Padded<T> {
     /// `dx`: the column offsets of the taps (any phase); `w_out`: the widest output row.
     pub(crate) fn new(x: &[T], c: usize, h: usize, w: usize, stride: usize, dx: &[isize], w_out: usize) -> Self {
         assert_eq!(x.len(), c * h * w, "input planes");
@@ -303,7 +419,7 @@ impl<T: Copy + Default + Send + Sync> Padded<T> {
         let lines = padded.lines();
         padded.data.par_chunks_mut(h * lines.len()).zip(x.par_chunks(h * w)).for_each(|(out, plane)| {
             for (out, row) in out.chunks_mut(lines.len()).zip(plane.chunks(w)) {
-                lines.put(out, row, |v| v);
+                T::put_row(lines, out, row);
             }
         });
         padded
@@ -537,6 +653,40 @@ fn line_start(buf: &[f32]) -> usize {
 pub(crate) fn aligned(buf: &mut [f32], len: usize) -> &mut [f32] {
     let start = line_start(buf);
     &mut buf[start..start + len]
+}
+
+/// Pixel-major lane rows to channel rows: `out[co·ld + x] = lanes[x·c_out + co]` (x < n,
+/// co < c_out). On AVX-512, blocks of 16 x 16 turn in registers ([`avx512::turn16`]); the
+/// other values one by one.
+fn turn(lanes: &[f32], n: usize, c_out: usize, out: &mut [f32], ld: usize) {
+    assert!(lanes.len() == n * c_out && n <= ld && (c_out == 0 || (c_out - 1) * ld + n <= out.len()), "turn: shapes");
+    let mut x0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        while x0 + 16 <= n {
+            for co0 in (0..c_out - c_out % 16).step_by(16) {
+                // SAFETY: AVX-512F is present; the kernel reads 16 rows of 16 values from
+                // `lanes[(x0 + i)·c_out + co0 ..]` (x0 + 16 ≤ n, co0 + 16 ≤ c_out) and writes 16
+                // rows of 16 values to `out[(co0 + j)·ld + x0 ..]` (co0 + j < c_out, x0 + 16 ≤ n
+                // ≤ ld): inside both, checked above.
+                #[allow(unsafe_code)]
+                unsafe {
+                    avx512::turn16(lanes.as_ptr().add(x0 * c_out + co0), c_out, out.as_mut_ptr().add(co0 * ld + x0), ld);
+                }
+            }
+            for co in c_out - c_out % 16..c_out {
+                for x in x0..x0 + 16 {
+                    out[co * ld + x] = lanes[x * c_out + co];
+                }
+            }
+            x0 += 16;
+        }
+    }
+    for (x, values) in lanes.chunks_exact(c_out.max(1)).enumerate().skip(x0) {
+        for (co, &v) in values.iter().enumerate() {
+            out[co * ld + x] = v;
+        }
+    }
 }
 
 /// Whether the lane layout serves `c_out` output channels: AVX-512 and a non-zero multiple of 16.
@@ -965,6 +1115,65 @@ mod avx512 {
     use super::{LANE_CHUNK, LP, MR, NR};
     use std::arch::x86_64::*;
 
+    /// `dst[px + 2j] = activate(src[j], add, relu)` for j < 16 (`px` 0 or 1; the columns of
+    /// the other phase untouched): 16 values spread to 32 columns by two permutes, written
+    /// with a mask.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `src ..` readable for 16 values, `dst + px + 2j` writable
+    /// (j < 16).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn put_phase2(dst: *mut f32, px: usize, src: *const f32, add: f32, relu: bool) {
+        unsafe {
+            let mut v = _mm512_add_ps(_mm512_loadu_ps(src), _mm512_set1_ps(add));
+            if relu {
+                // As `activate`: kept where v > 0 or v is NaN, else +0 (also for −0).
+                let keep = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(v, _mm512_setzero_ps());
+                v = _mm512_maskz_mov_ps(keep, v);
+            }
+            let lo = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), v);
+            let hi = _mm512_permutexvar_ps(_mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15), v);
+            let mask: __mmask16 = if px == 0 { 0x5555 } else { 0xAAAA };
+            _mm512_mask_storeu_ps(dst, mask, lo);
+            _mm512_mask_storeu_ps(dst.add(16), mask, hi);
+        }
+    }
+
+    /// A 16 x 16 block turned: `dst[j·ldd + i] = src[i·lds + j]` (i, j < 16), in registers
+    /// (32-bit, then 64-bit unpacks within 128-bit lanes, then two rounds of lane shuffles).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `src + i·lds ..` readable and `dst + j·ldd ..` writable
+    /// for 16 values each (i, j < 16).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn turn16(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+        unsafe {
+            let a: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * lds)));
+            // t[2k], t[2k+1]: rows 2k, 2k+1 interleaved (columns 4L, 4L+1 / 4L+2, 4L+3 of each
+            // 128-bit lane L).
+            let t: [__m512; 16] = std::array::from_fn(|i| {
+                let (x, y) = (a[i & !1], a[i | 1]);
+                if i % 2 == 0 { _mm512_unpacklo_ps(x, y) } else { _mm512_unpackhi_ps(x, y) }
+            });
+            // u[4m + c], lane L: rows 4m .. 4m+3 of column 4L + c.
+            let u: [__m512; 16] = std::array::from_fn(|i| {
+                let (m, c) = (i / 4, i % 4);
+                let (x, y) = (_mm512_castps_pd(t[4 * m + c / 2]), _mm512_castps_pd(t[4 * m + 2 + c / 2]));
+                _mm512_castpd_ps(if c % 2 == 0 { _mm512_unpacklo_pd(x, y) } else { _mm512_unpackhi_pd(x, y) })
+            });
+            for c in 0..4 {
+                let p0 = _mm512_shuffle_f32x4::<0x44>(u[c], u[4 + c]);
+                let p1 = _mm512_shuffle_f32x4::<0xEE>(u[c], u[4 + c]);
+                let q0 = _mm512_shuffle_f32x4::<0x44>(u[8 + c], u[12 + c]);
+                let q1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + c], u[12 + c]);
+                _mm512_storeu_ps(dst.add(c * ldd), _mm512_shuffle_f32x4::<0x88>(p0, q0));
+                _mm512_storeu_ps(dst.add((4 + c) * ldd), _mm512_shuffle_f32x4::<0xDD>(p0, q0));
+                _mm512_storeu_ps(dst.add((8 + c) * ldd), _mm512_shuffle_f32x4::<0x88>(p1, q1));
+                _mm512_storeu_ps(dst.add((12 + c) * ldd), _mm512_shuffle_f32x4::<0xDD>(p1, q1));
+            }
+        }
+    }
+
     /// Defines `$name`: the AVX2 `kernel`'s tile with `V` vector accumulators (`$lanes`
     /// values each) per output channel (R x V·$lanes values, the first R ≤ MR rows of a tile;
     /// one broadcast of a weight serves its V vectors): R = MR, V = 2 makes 12 independent
@@ -1271,6 +1480,52 @@ mod tests {
             weight_product_dots(&input, &small, c_a, hs, ws, &taps, &taps, rows.clone(), &mut Buffers::default(), &mut dots);
             for (i, (p, q)) in lanes.iter().zip(&dots).enumerate() {
                 assert!((p - q).abs() <= 1e-4, "{c_a} rows, {c_b} channels, stride {stride}, element {i}: {p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn phases_write_their_columns_as_one_by_one() {
+        let mut rng = crate::TestRng::new(31);
+        let mut src = rng.values(70, -1.0, 1.0);
+        (src[3], src[5], src[17]) = (f32::NAN, -0.0, 0.0);
+        for s in [1, 2, 3] {
+            for px in 0..s {
+                for (len, n) in [(140, 70), (64, 32), (75, 40), (33, 17), (2 * 16 + 1, 16), (10, 0)] {
+                    for (add, relu) in [(0.0, false), (0.25, true), (-0.1, true)] {
+                        let mut got: Vec<f32> = (0..len).map(|i| i as f32 + 1000.0).collect();
+                        let mut want = got.clone();
+                        put_phase(&mut got, px, s, &src[..n], add, relu);
+                        for (d, &v) in want.iter_mut().skip(px).step_by(s).zip(&src[..n]) {
+                            *d = activate(v, add, relu);
+                        }
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&want), "stride {s}, phase {px}, {len} columns, {n} values, add {add}, relu {relu}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lane_rows_turn_to_channel_rows() {
+        let mut rng = crate::TestRng::new(29);
+        // Whole blocks of 16 and pixel tails; channels in blocks of 16 and (never in the lane
+        // layout, but the turn takes them) a remainder.
+        for (n, c_out) in [(16, 16), (40, 64), (7, 32), (33, 96), (16, 20), (0, 16)] {
+            let lanes = rng.values(n * c_out, -1.0, 1.0);
+            let ld = n.div_ceil(NR) * NR + 3;
+            let mut out = vec![f32::NAN; c_out * ld];
+            turn(&lanes, n, c_out, &mut out, ld);
+            for co in 0..c_out {
+                for x in 0..ld {
+                    let got = out[co * ld + x];
+                    if x < n {
+                        assert_eq!(got.to_bits(), lanes[x * c_out + co].to_bits(), "{n} pixels, {c_out} channels, at {co},{x}");
+                    } else {
+                        assert!(got.is_nan(), "{n} pixels, {c_out} channels: wrote past the row at {co},{x}");
+                    }
+                }
             }
         }
     }

@@ -11,6 +11,8 @@ use burn::prelude::*;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
+use crate::direct::activate;
+
 use crate::direct;
 
 /// Fewest output channels for which [`deconv_forward`] runs the sub-pixel phases, except where
@@ -165,7 +167,7 @@ fn conv2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight: &[f32], b
                 let add = bias.map_or(0.0, |values| values[co]);
                 for (mut dst, seg) in band.index_axis_mut(Axis(0), co).outer_iter_mut().zip(src.exact_chunks(w_out)) {
                     for (d, &v) in dst.iter_mut().zip(seg.iter()) {
-                        *d = activate(v + add, relu);
+                        *d = activate(v, add, relu);
                     }
                 }
             }
@@ -184,9 +186,7 @@ fn direct_planes(input: &direct::Padded, packed: &direct::Packed, offsets: &[isi
                 let add = bias.map_or(0.0, |b| b[co]);
                 let mut line = plane.row_mut(r);
                 let line = line.as_slice_mut().expect("contiguous output row");
-                for (d, &v) in line.iter_mut().zip(&values[co * ld..co * ld + w_out]) {
-                    *d = activate(v + add, relu);
-                }
+                direct::write_activated(line, &values[co * ld..co * ld + w_out], add, relu);
             }
         });
     });
@@ -201,7 +201,7 @@ fn direct_padded(input: &direct::Padded, packed: &direct::Packed, offsets: &[isi
         direct::product(input, packed, offsets, offsets, start..start + n, w_out, bufs, |r, values, ld| {
             for (co, plane) in planes.iter_mut().enumerate() {
                 let add = bias.map_or(0.0, |b| b[co]);
-                lines.put(&mut plane[r * lines.len()..(r + 1) * lines.len()], &values[co * ld..co * ld + w_out], |v| activate(v + add, relu));
+                direct::put_activated(lines, &mut plane[r * lines.len()..(r + 1) * lines.len()], &values[co * ld..co * ld + w_out], add, relu);
             }
         });
     });
@@ -342,7 +342,7 @@ fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight:
                         for (r, yy) in ys.clone().enumerate() {
                             let line = band.line(co, yy * stride + py - rows.start);
                             for (d, &v) in line.iter_mut().skip(px).step_by(stride).zip(&src[r * xw..(r + 1) * xw]) {
-                                *d = activate(v + add, relu);
+                                *d = activate(v, add, relu);
                             }
                         }
                     }
@@ -438,9 +438,7 @@ impl Phases {
                     for co in 0..band.channels() {
                         let add = bias.map_or(0.0, |b| b[co]);
                         let line = band.line(co, (y0 + r) * s + py - rows.start);
-                        for (d, &v) in line.iter_mut().skip(px).step_by(s).zip(&values[co * ld..co * ld + xw]) {
-                            *d = activate(v + add, relu);
-                        }
+                        direct::put_phase(line, px, s, &values[co * ld..co * ld + xw], add, relu);
                     }
                 });
             }
@@ -728,17 +726,6 @@ fn band_rows(w: usize, multiple: usize, pixels: usize) -> usize {
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_into_vec_as().expect("float tensor")
-}
-
-/// `v`, or its ReLU where `relu`: the activation fused into the writes of a result. As
-/// burn-flex's `relu`: NaN stays NaN, negatives and −0 become +0.
-#[inline(always)]
-fn activate(v: f32, relu: bool) -> f32 {
-    if !relu || v > 0.0 || v.is_nan() {
-        v
-    } else {
-        0.0
-    }
 }
 
 /// The square padding of `conv` where its geometry is one [`conv2d`] computes (square kernel,
