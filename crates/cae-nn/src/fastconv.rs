@@ -257,9 +257,9 @@ pub fn conv_chain(x: Tensor<4>, convs: &[Conv2d], gdns: &[crate::Gdn]) -> Tensor
         return chain_values(x, convs, gdns, conv_values);
     }
     let last = layers.len() - 1;
-    let x = values(x);
+    let x = crate::flex_ops::Values::of(x);
     let mut y = crate::zeroed(b * shape.iter().product::<usize>());
-    for (xi, yi) in x.chunks(c * h * w).zip(y.chunks_mut(shape.iter().product())) {
+    for (xi, yi) in x.get().chunks(c * h * w).zip(y.chunks_mut(shape.iter().product())) {
         let first = &layers[0];
         let mut input = direct::Padded::new(xi, c, h, w, first.stride, &first.offsets, first.out[2]);
         for (i, (layer, next)) in layers.iter().zip(&layers[1..]).enumerate() {
@@ -563,10 +563,10 @@ pub fn deconv_chain(y: Tensor<4>, deconvs: &[ConvTranspose2d], gdns: &[crate::Gd
     if layers.is_empty() || layers.len() < deconvs.len() || b == 0 {
         return chain_values(y, deconvs, gdns, deconv_values);
     }
-    let y = values(y);
+    let y = crate::flex_ops::Values::of(y);
     let per_image: usize = shape.iter().product();
     let mut out = crate::zeroed(b * per_image);
-    for (yi, oi) in y.chunks(c * h * w).zip(out.chunks_mut(per_image)) {
+    for (yi, oi) in y.get().chunks(c * h * w).zip(out.chunks_mut(per_image)) {
         let mut input = layers[0].phases.padded(yi, c, h, w, layers[0].out[2]);
         for (i, (layer, next)) in layers.iter().zip(&layers[1..]).enumerate() {
             let gdn = gdns.get(i);
@@ -1145,6 +1145,21 @@ mod tests {
             let want = chain_values(x.clone(), &convs, &gdns, conv_values);
             let got = conv_chain(x, &convs, &gdns);
             same_bits(got, want, &format!("{} layers, GDN {gdn}, {dims:?}", convs.len()));
+        }
+    }
+
+    #[test]
+    fn chains_read_views_as_their_values() {
+        // The chain borrows a contiguous input's values; a view that is not contiguous (rows
+        // and columns swapped) or starts past the first value (the second image of a batch)
+        // must give what a fresh tensor of the same values gives.
+        let dev = Device::flex();
+        dev.seed(17);
+        let convs = vec![crate::conv(3, 16, 5, 2, &dev), crate::conv(16, 16, 5, 2, &dev)];
+        let batch = Tensor::<4>::random([2, 3, 21, 18], Distribution::Normal(0.0, 1.0), &dev);
+        for view in [batch.clone().swap_dims(2, 3), batch.clone().slice([1..2])] {
+            let fresh = Tensor::<4>::from_data(view.to_data(), &dev);
+            same_bits(conv_chain(view, &convs, &[]), conv_chain(fresh, &convs, &[]), "a view of the input");
         }
     }
 

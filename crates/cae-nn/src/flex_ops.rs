@@ -17,3 +17,26 @@ pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
 pub(crate) fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
+
+/// The values of a tensor on flex, borrowed where it is a contiguous f32 flex tensor (no
+/// copy: `into_data` copies the whole tensor, twice), else copied out.
+pub(crate) enum Values {
+    Flex(FlexTensor),
+    Owned(Vec<f32>),
+}
+
+impl Values {
+    pub(crate) fn of<const D: usize>(t: Tensor<D>) -> Self {
+        match t.clone().try_into_primitive::<Flex>() {
+            Ok(p) if p.as_slice::<f32>().is_some() => Values::Flex(p),
+            _ => Values::Owned(t.into_data().try_into_vec_as().expect("float tensor")),
+        }
+    }
+
+    pub(crate) fn get(&self) -> &[f32] {
+        match self {
+            Values::Flex(p) => slice(p),
+            Values::Owned(v) => v,
+        }
+    }
+}
