@@ -11,9 +11,8 @@ use burn::prelude::*;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
-use crate::direct::activate;
-
-use crate::direct;
+use crate::direct::{self, activate};
+use crate::flex_ops::values;
 
 /// Fewest output channels for which [`deconv_forward`] runs the sub-pixel phases, except where
 /// [`phases_fit`] finds the few-row tile.
@@ -722,10 +721,6 @@ fn per_band_rows(
 /// of `multiple` rows, at least one.
 fn band_rows(w: usize, multiple: usize, pixels: usize) -> usize {
     ((pixels / w.max(1)).max(1)).div_ceil(multiple) * multiple
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as().expect("float tensor")
 }
 
 /// The square padding of `conv` where its geometry is one [`conv2d`] computes (square kernel,

@@ -18,6 +18,11 @@ pub(crate) fn tensor(values: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape.to_vec()))
 }
 
+/// A copy of a float tensor's values (`into_data`).
+pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec_as().expect("float tensor")
+}
+
 /// The values of a tensor on flex, borrowed where it is a contiguous f32 flex tensor (no
 /// copy: `into_data` copies the whole tensor, twice), else copied out.
 pub(crate) enum Values {
@@ -29,7 +34,7 @@ impl Values {
     pub(crate) fn of<const D: usize>(t: Tensor<D>) -> Self {
         match t.clone().try_into_primitive::<Flex>() {
             Ok(p) if p.as_slice::<f32>().is_some() => Values::Flex(p),
-            _ => Values::Owned(t.into_data().try_into_vec_as().expect("float tensor")),
+            _ => Values::Owned(values(t)),
         }
     }
 
