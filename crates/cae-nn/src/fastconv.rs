@@ -339,10 +339,7 @@ fn conv_transpose2d_using(use_direct: bool, x: &[f32], dims: [usize; 4], weight:
                         let src = res.row(co);
                         let src = src.as_slice().expect("contiguous result row");
                         for (r, yy) in ys.clone().enumerate() {
-                            let line = band.line(co, yy * stride + py - rows.start);
-                            for (d, &v) in line.iter_mut().skip(px).step_by(stride).zip(&src[r * xw..(r + 1) * xw]) {
-                                *d = activate(v, add, relu);
-                            }
+                            direct::put_phase(band.line(co, yy * stride + py - rows.start), px, stride, &src[r * xw..(r + 1) * xw], add, relu);
                         }
                     }
                 }
