@@ -194,11 +194,14 @@ pub fn compress_tiled(model: &Model, image: &DynamicImage, quality: u8, tile: us
     let y = tensor_to_vec(y);
     let z_sym: Vec<i32> = tensor_to_vec(z).into_iter().map(cae_quant::to_symbol).collect();
     let z_tables: Vec<u16> = (0..z_sym.len()).map(|i| (i / (zh * zw)) as u16).collect();
-    let z_stream = model.z_tables.encode(&z_sym, &z_tables)?;
     let pred = model.hyper_synthesis.forward(&z_sym, zh, zw);
     let mu: Vec<f32> = pred.means.iter().map(|&v| cae_decoder::fixed_to_f32(v)).collect();
     let y_sym = cae_quant::quantize(&y, &mu);
-    let y_stream = model.y_tables.encode(&y_sym, &pred.table)?;
+    // One ANS stack: the decoder pops z, then y (whose tables z selects), so y goes in first.
+    let mut stack = cae_entropy::StackEncoder::new();
+    stack.push(&model.y_tables, &y_sym, &pred.table)?;
+    stack.push(&model.z_tables, &z_sym, &z_tables)?;
+    let symbols = stack.finish(cae_entropy::Packing::Trimmed);
     let alpha_stream = match &alpha {
         Some(a) => {
             let mut buf = Vec::new();
@@ -225,7 +228,7 @@ pub fn compress_tiled(model: &Model, image: &DynamicImage, quality: u8, tile: us
         y_shape: shape(m, yh, yw),
         z_shape: shape(n, zh, zw),
     };
-    Ok(cae_format::write(&header, &z_stream, &y_stream, &alpha_stream)?)
+    Ok(cae_format::write(&header, &symbols, &alpha_stream)?)
 }
 
 /// A goal from which [`compress_to_target`] picks the quality.
@@ -321,9 +324,23 @@ fn entropy_decode(file: &cae_format::CaeFile, model: &Model) -> Result<(Symbols,
     let h = &file.header;
     let zs = h.z_shape;
     let plane = zs.height as usize * zs.width as usize;
-    let z = model.z_tables.decode(file.z_stream, zs.len(), |i| i / plane)?;
-    let pred = model.hyper_synthesis.forward(&z, zs.height as usize, zs.width as usize);
-    let y = model.y_tables.decode(file.y_stream, h.y_shape.len(), |i| pred.table[i] as usize)?;
+    let y_count = h.y_shape.len();
+    let (z, pred, y) = match file.symbols {
+        cae_format::Symbols::Separate { z, y } => {
+            let z = model.z_tables.decode(z, zs.len(), |i| i / plane)?;
+            let pred = model.hyper_synthesis.forward(&z, zs.height as usize, zs.width as usize);
+            let y = model.y_tables.decode(y, y_count, |i| pred.table[i] as usize)?;
+            (z, pred, y)
+        }
+        cae_format::Symbols::Joint(bytes) => {
+            let mut stack = cae_entropy::StackDecoder::new(bytes, cae_entropy::Packing::Trimmed)?;
+            let z = stack.pop(&model.z_tables, zs.len(), |i| i / plane)?;
+            let pred = model.hyper_synthesis.forward(&z, zs.height as usize, zs.width as usize);
+            let y = stack.pop(&model.y_tables, y_count, |i| pred.table[i] as usize)?;
+            stack.finish()?;
+            (z, pred, y)
+        }
+    };
     let mu: Vec<f32> = pred.means.iter().map(|&v| cae_decoder::fixed_to_f32(v)).collect();
     let y_hat = cae_quant::dequantize(&y, &mu);
     Ok((Symbols { z, y, y_tables: pred.table }, y_hat))
@@ -411,9 +428,11 @@ pub fn image_files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::Path
 #[derive(Clone, Debug)]
 pub struct Info {
     pub header: Header,
+    /// Format version of the file.
+    pub version: u8,
     pub file_bytes: usize,
-    pub z_bytes: usize,
-    pub y_bytes: usize,
+    /// Bytes of entropy-coded latents (`z` and `y`).
+    pub symbol_bytes: usize,
     pub alpha_bytes: usize,
     /// Name of the built-in model that wrote it, if this build has it.
     pub model_name: Option<&'static str>,
@@ -432,9 +451,9 @@ pub fn info(bytes: &[u8]) -> Result<Info> {
     let model_name = cae_models::builtin_ids().into_iter().find(|(_, id)| *id == file.header.model_id).map(|(n, _)| n);
     Ok(Info {
         header: file.header.clone(),
+        version: file.version,
         file_bytes: bytes.len(),
-        z_bytes: file.z_stream.len(),
-        y_bytes: file.y_stream.len(),
+        symbol_bytes: file.symbols.len(),
         alpha_bytes: file.alpha_stream.len(),
         model_name,
     })

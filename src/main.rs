@@ -656,8 +656,8 @@ fn run(cli: Cli) -> Result<()> {
             println!("file:        {}", label(&file));
             println!("size:        {}x{} ({}, {}-bit source{})", h.width, h.height, h.colour.name(), h.bit_depth,
                 if h.bit_depth > 8 { ", decoded as 8-bit" } else { "" });
-            println!("bytes:       {} (z {}, y {}, alpha {}, header and CRC {})", i.file_bytes, i.z_bytes, i.y_bytes,
-                i.alpha_bytes, cae_format::MIN_FILE_LEN);
+            println!("bytes:       {} (latents {}, alpha {}, header and CRC {}; format version {})", i.file_bytes,
+                i.symbol_bytes, i.alpha_bytes, i.file_bytes - i.symbol_bytes - i.alpha_bytes, i.version);
             println!("bpp:         {:.4}", i.bpp());
             println!("quality:     {}", h.quality);
             println!("model:       {:016x} ({})", h.model_id, i.model_name.unwrap_or("not in this build"));

@@ -58,24 +58,46 @@ fn a_file_naming_another_model_fails() {
 
 #[test]
 fn inconsistent_headers_fail() {
+    // A version-2 file of 64x48 pixels: quality at byte 13, width 15, height 16, strides 17,
+    // y channels 18 (one-byte varints).
     let bytes = small_file();
+    assert_eq!((bytes[4], bytes[15], bytes[16], bytes[17]), (2, 64, 48, 0x46));
+    let edited = |at: usize, v: u8| {
+        let mut b = bytes.clone();
+        b[at] = v;
+        decompress(&with_fixed_crc(b), &Limits::default())
+    };
     // quality beyond the model's levels
-    let mut b = bytes.clone();
-    b[14] = 200;
-    assert!(matches!(decompress(&with_fixed_crc(b), &Limits::default()), Err(Error::Quality { .. })));
+    assert!(matches!(edited(13, 200), Err(Error::Quality { .. })));
+    // strides (hence padding and latent shapes) other than the model's
+    for strides in [0x36, 0x45, 0x56] {
+        assert!(matches!(edited(17, strides), Err(Error::Inconsistent(_))), "strides {strides:x}");
+    }
+    // y channels other than the model's
+    assert!(matches!(edited(18, 95), Err(Error::Inconsistent(_))));
+    // damaged symbols with a valid CRC: an entropy error or a (wrong) image, never a panic
+    let _ = edited(40, bytes[40] ^ 0xff);
+}
+
+#[test]
+fn inconsistent_version_1_headers_fail() {
+    let bytes = common::golden_v1_file("rgb-q1");
+    assert_eq!(bytes[4], 1);
+    let edited = |at: usize, v: u8| {
+        let mut b = bytes.clone();
+        b[at] = v;
+        decompress(&with_fixed_crc(b), &Limits::default())
+    };
+    assert!(decompress(&bytes, &Limits::default()).is_ok());
+    // quality beyond the model's levels
+    assert!(matches!(edited(14, 200), Err(Error::Quality { .. })));
     // padding that does not fit the stride
-    let mut b = bytes.clone();
-    b[26] = 3;
-    assert!(matches!(decompress(&with_fixed_crc(b), &Limits::default()), Err(Error::Inconsistent(_))));
+    assert!(matches!(edited(26, 3), Err(Error::Inconsistent(_))));
     // latent shape not matching the image size
-    let mut b = bytes.clone();
-    b[31] ^= 1;
-    assert!(matches!(decompress(&with_fixed_crc(b), &Limits::default()), Err(Error::Inconsistent(_))));
+    assert!(matches!(edited(31, bytes[31] ^ 1), Err(Error::Inconsistent(_))));
     // damaged y stream with a valid CRC: an entropy error or a (wrong) image, never a panic
-    let mut b = bytes.clone();
-    let at = cae_format::HEADER_LEN + 20;
-    b[at] ^= 0xff;
-    let _ = decompress(&with_fixed_crc(b), &Limits::default());
+    let at = cae_format::V1_HEADER_LEN + 20;
+    let _ = edited(at, bytes[at] ^ 0xff);
 }
 
 #[test]
@@ -121,7 +143,8 @@ mod mutations {
 
     use super::{common, with_fixed_crc};
 
-    /// Real files: RGB at the lowest quality, grayscale at the highest, RGBA (with an alpha stream).
+    /// Real files: RGB at the lowest quality, grayscale at the highest, RGBA (with an alpha
+    /// stream); and two version-1 files of the golden set (RGB, RGBA).
     fn files() -> &'static [Vec<u8>] {
         static FILES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
         FILES.get_or_init(|| {
@@ -133,6 +156,8 @@ mod mutations {
                 compress(&rgb, &Options { quality: 1, ..Options::default() }).unwrap(),
                 compress(&gray, &Options { quality: levels, ..Options::default() }).unwrap(),
                 compress(&rgba, &Options::default()).unwrap(),
+                common::golden_v1_file("rgb-q1"),
+                common::golden_v1_file("rgba"),
             ]
         })
     }
@@ -177,7 +202,7 @@ mod mutations {
             }
             Mutation::Truncate(i) => b.truncate(i.index(len)),
             Mutation::HeaderWord(i, v) => {
-                let span = cae_format::HEADER_LEN.min(len).saturating_sub(3);
+                let span = cae_format::V1_HEADER_LEN.min(len).saturating_sub(3);
                 if span > 0 {
                     let at = i.index(span);
                     b[at..at + 4].copy_from_slice(&v.to_be_bytes());
@@ -195,7 +220,7 @@ mod mutations {
 
         /// Any change to a file is caught (by the CRC or before it), with an error.
         #[test]
-        fn every_mutated_file_is_rejected(file in 0..3usize, muts in prop::collection::vec(mutation(), 1..4)) {
+        fn every_mutated_file_is_rejected(file in 0..5usize, muts in prop::collection::vec(mutation(), 1..4)) {
             let original = &files()[file];
             let mut b = original.clone();
             for m in &muts {
@@ -209,7 +234,7 @@ mod mutations {
         /// decoder: the result may be an error or an image, never a panic, and an image has the
         /// size its header gives.
         #[test]
-        fn mutated_files_with_a_valid_crc_never_panic(file in 0..3usize, muts in prop::collection::vec(mutation(), 1..3)) {
+        fn mutated_files_with_a_valid_crc_never_panic(file in 0..5usize, muts in prop::collection::vec(mutation(), 1..3)) {
             let mut b = files()[file].clone();
             for m in &muts {
                 apply(&mut b, m);

@@ -45,6 +45,11 @@ fn manifest() -> Vec<Entry> {
 fn golden_files_decode_as_they_always_did() {
     let entries = manifest();
     assert!(entries.len() >= 3, "the golden set is missing");
+    // Every version this build writes or once wrote is in the set.
+    for version in 1..=cae_format::FORMAT_VERSION {
+        let count = entries.iter().filter(|e| std::fs::read(dir().join(&e.name)).unwrap()[4] == version).count();
+        assert!(count >= 4, "{count} golden files of format version {version}");
+    }
     for e in entries {
         let bytes = std::fs::read(dir().join(&e.name)).unwrap();
         let symbols = decode_symbols(&bytes, &Limits::default()).unwrap_or_else(|err| panic!("{}: {err}", e.name));
@@ -58,9 +63,32 @@ fn golden_files_decode_as_they_always_did() {
     }
 }
 
-/// Inputs of the golden set: RGB at the lowest and highest quality, grayscale, RGBA.
-fn inputs() -> Vec<(&'static str, DynamicImage, u8)> {
-    let levels = caec::load_model("default").unwrap().config.levels() as u8;
+/// A version-2 file holds the same symbols as the version-1 file of the same model, input
+/// and quality (the change was the container, not the coding), in fewer bytes: a 21- or 22-byte
+/// header instead of 53, one ANS stack instead of two, its last word trimmed.
+#[test]
+fn version_2_files_hold_version_1_symbols_in_fewer_bytes() {
+    let entries = manifest();
+    let mut pairs = 0;
+    for v2 in entries.iter().filter(|e| e.name.starts_with("v2-")) {
+        let Some(v1) = entries.iter().find(|e| e.name == v2.name["v2-".len()..]) else { continue };
+        let header = |e: &Entry| cae_format::parse_header(&std::fs::read(dir().join(&e.name)).unwrap()).unwrap();
+        // Older grayscale and RGBA files were written at the default quality of their day.
+        if header(v1) != header(v2) {
+            continue;
+        }
+        assert_eq!(v1.symbols, v2.symbols, "{}", v2.name);
+        let len = |e: &Entry| std::fs::metadata(dir().join(&e.name)).unwrap().len();
+        assert!(len(v2) + 31 <= len(v1), "{}: {} bytes against {}", v2.name, len(v2), len(v1));
+        pairs += 1;
+    }
+    // Both RGB files of each of the seven models, and all four of the 2026-11-29 default.
+    assert!(pairs >= 2 * 7 + 2, "{pairs} pairs");
+}
+
+/// Inputs of the golden set for a model of `levels` quality levels: RGB at the lowest and
+/// highest quality, grayscale, RGBA.
+fn inputs(levels: u8) -> Vec<(&'static str, DynamicImage, u8)> {
     let rgb = DynamicImage::ImageRgb8(common::synthetic(96, 64, 11));
     let g = common::synthetic(33, 47, 12);
     let gray = DynamicImage::ImageLuma8(image::GrayImage::from_fn(33, 47, |x, y| image::Luma([g.get_pixel(x, y).0[1]])));
@@ -83,8 +111,9 @@ fn write_new_golden_files() {
     let mut lines = String::new();
     // Every built-in model that writes files gets its golden files (those it has are kept).
     let models: Vec<_> = caec::model_names().into_iter().map(|n| caec::load_model(n).unwrap()).collect();
-    for (model, (stem, img, q)) in models.iter().flat_map(|m| inputs().into_iter().map(move |i| (m, i))) {
-        let name = format!("{stem}-{:016x}.cae", model.id);
+    for (model, (stem, img, q)) in models.iter().flat_map(|m| inputs(m.config.levels() as u8).into_iter().map(move |i| (m, i))) {
+        // Version-1 files were named STEM-ID.cae; later versions name theirs vN-STEM-ID.cae.
+        let name = format!("v{}-{stem}-{:016x}.cae", cae_format::FORMAT_VERSION, model.id);
         if existing.contains(&name) || dir().join(&name).exists() {
             continue;
         }

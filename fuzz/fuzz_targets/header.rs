@@ -10,8 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let bytes = crc::maybe_repair(data);
     let limits = cae_format::Limits::default();
     if let Ok(file) = cae_format::parse(&bytes, &limits) {
-        let again = cae_format::write(&file.header, file.z_stream, file.y_stream, file.alpha_stream)
-            .expect("a parsed header writes");
+        let again = cae_format::write_file(&file).expect("a parsed file writes");
         assert_eq!(again, bytes, "parse → write is not the identity");
         let _ = file.header.decode_memory();
     }

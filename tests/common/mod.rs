@@ -41,3 +41,11 @@ pub fn kodak(name: &str) -> Option<DynamicImage> {
     assert_eq!(format!("{:x}", Sha256::digest(&bytes)), want, "{} does not match the manifest", path.display());
     Some(image::load_from_memory(&bytes).expect("Kodak PNG decodes"))
 }
+
+/// A version-1 file of the golden set (`tests/golden/STEM-0f80697bc63e5db5.cae`, written by
+/// the default model of 2026-11-29, id 0f80697bc63e5db5, before format version 2): `rgb-q1`,
+/// `rgb-top`, `gray` or `rgba`.
+pub fn golden_v1_file(stem: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{stem}-0f80697bc63e5db5.cae"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}

@@ -89,23 +89,74 @@ impl TableSet {
         }
     }
 
-    /// Code `values[i]` with table `table_of[i]` for every `i`, in order.
+    /// Code `values[i]` with table `table_of[i]` for every `i`, in order, as a stream of
+    /// its own ([`Packing::Words`], the form of version-1 files).
     pub fn encode(&self, values: &[i32], table_of: &[u16]) -> Result<Vec<u8>, EntropyError> {
+        let mut stack = StackEncoder::new();
+        stack.push(self, values, table_of)?;
+        Ok(stack.finish(Packing::Words))
+    }
+
+    /// Decode one value per entry of `table_of` from a stream of its own
+    /// ([`Packing::Words`]); see [`StackDecoder::pop`].
+    pub fn decode(
+        &self,
+        bytes: &[u8],
+        count: usize,
+        table_of: impl FnMut(usize) -> usize,
+    ) -> Result<Vec<i32>, EntropyError> {
+        let mut stack = StackDecoder::new(bytes, Packing::Words)?;
+        let values = stack.pop(self, count, table_of)?;
+        stack.finish()?;
+        Ok(values)
+    }
+}
+
+/// How an ANS stack's 32-bit words are stored as bytes: little-endian, and either whole
+/// (version-1 files) or with the zero high bytes of the last word left out (version 2; the
+/// last byte of a non-empty stream is then never zero, so each stack has one byte form).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    Words,
+    Trimmed,
+}
+
+/// Groups of symbols coded on one ANS stack. ANS is last in, first out: push the group that
+/// is decoded last first.
+pub struct StackEncoder {
+    coder: DefaultAnsCoder,
+}
+
+impl Default for StackEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StackEncoder {
+    /// An empty stack.
+    pub fn new() -> Self {
+        StackEncoder { coder: DefaultAnsCoder::new() }
+    }
+
+    /// Push `values[i]` coded with table `table_of[i]` of `set`, so that a decoder pops them
+    /// in order.
+    pub fn push(&mut self, set: &TableSet, values: &[i32], table_of: &[u16]) -> Result<(), EntropyError> {
         assert_eq!(values.len(), table_of.len(), "one table index per value");
-        let mut coder = DefaultAnsCoder::new();
+        let coder = &mut self.coder;
         let err = |e: constriction::CoderError<_, _>| EntropyError::Coder(format!("{e}"));
         // ANS is a stack: push in reverse so that the decoder pops in order.
         for i in (0..values.len()).rev() {
             let table = table_of[i] as usize;
-            let t = self.tables.get(table).ok_or(EntropyError::NoSuchTable {
+            let t = set.tables.get(table).ok_or(EntropyError::NoSuchTable {
                 index: i,
                 table,
-                count: self.tables.len(),
+                count: set.tables.len(),
             })?;
             let n = t.range_len();
             let idx = values[i] as i64 - t.offset as i64;
             if idx >= 0 && (idx as usize) < n {
-                coder.encode_symbol(idx as usize, &self.models[table]).map_err(err)?;
+                coder.encode_symbol(idx as usize, &set.models[table]).map_err(err)?;
             } else {
                 let code = zigzag(values[i]);
                 let bits = 32 - code.leading_zeros();
@@ -118,34 +169,66 @@ impl TableSet {
                     coder.encode_symbol(chunk as usize, UniformModel::<u32, 24>::new(1 << width)).map_err(err)?;
                 }
                 coder.encode_symbol(bits as usize, UniformModel::<u32, 24>::new(33)).map_err(err)?;
-                coder.encode_symbol(n, &self.models[table]).map_err(err)?;
+                coder.encode_symbol(n, &set.models[table]).map_err(err)?;
             }
         }
-        let words = coder.into_compressed().unwrap_infallible();
-        Ok(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+        Ok(())
     }
 
-    /// Decode one value per entry of `table_of`. The tables may be chosen lazily: `table_of`
-    /// is called with the index of each value in turn.
-    pub fn decode(
-        &self,
-        bytes: &[u8],
-        count: usize,
-        mut table_of: impl FnMut(usize) -> usize,
-    ) -> Result<Vec<i32>, EntropyError> {
-        if bytes.len() % 4 != 0 {
-            return Err(EntropyError::Corrupt("length is not a whole number of 32-bit words"));
+    /// The stack's bytes.
+    pub fn finish(self, packing: Packing) -> Vec<u8> {
+        let words = self.coder.into_compressed().unwrap_infallible();
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        if packing == Packing::Trimmed {
+            // The last word is never zero (constriction's stacks end in a non-zero word).
+            while bytes.last() == Some(&0) {
+                bytes.pop();
+            }
+        }
+        bytes
+    }
+}
+
+/// An ANS stack being decoded, group by group.
+pub struct StackDecoder {
+    coder: DefaultAnsCoder,
+}
+
+impl StackDecoder {
+    /// Read a stack stored in `packing` form.
+    pub fn new(bytes: &[u8], packing: Packing) -> Result<Self, EntropyError> {
+        let mut bytes = bytes.to_vec();
+        match packing {
+            Packing::Words if bytes.len() % 4 != 0 => {
+                return Err(EntropyError::Corrupt("length is not a whole number of 32-bit words"));
+            }
+            Packing::Trimmed if bytes.last() == Some(&0) => {
+                return Err(EntropyError::Corrupt("stream ends with a zero byte"));
+            }
+            _ => bytes.resize(bytes.len().next_multiple_of(4), 0),
         }
         let words: Vec<u32> =
             bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        let mut coder = DefaultAnsCoder::from_compressed(words)
+        let coder = DefaultAnsCoder::from_compressed(words)
             .map_err(|_| EntropyError::Corrupt("stream ends with a zero word"))?;
+        Ok(StackDecoder { coder })
+    }
+
+    /// Pop `count` values, value `i` with table `table_of(i)` of `set` (the tables may be
+    /// chosen lazily: `table_of` is called with the index of each value in turn).
+    pub fn pop(
+        &mut self,
+        set: &TableSet,
+        count: usize,
+        mut table_of: impl FnMut(usize) -> usize,
+    ) -> Result<Vec<i32>, EntropyError> {
+        let coder = &mut self.coder;
         let mut out = Vec::with_capacity(count);
         for i in 0..count {
             let table = table_of(i);
-            let (t, model) = match (self.tables.get(table), self.models.get(table)) {
+            let (t, model) = match (set.tables.get(table), set.models.get(table)) {
                 (Some(t), Some(m)) => (t, m),
-                _ => return Err(EntropyError::NoSuchTable { index: i, table, count: self.tables.len() }),
+                _ => return Err(EntropyError::NoSuchTable { index: i, table, count: set.tables.len() }),
             };
             let idx = coder.decode_symbol(model).unwrap_infallible();
             if idx < t.range_len() {
@@ -162,10 +245,15 @@ impl TableSet {
                 out.push(unzigzag(code));
             }
         }
-        if !coder.is_empty() {
+        Ok(out)
+    }
+
+    /// Check that every symbol was popped.
+    pub fn finish(self) -> Result<(), EntropyError> {
+        if !self.coder.is_empty() {
             return Err(EntropyError::Corrupt("data left over after the last symbol"));
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -250,6 +338,77 @@ mod tests {
                 })
                 .collect();
             let _ = s.decode(&junk, 50, |i| i % s.len());
+        }
+    }
+
+    #[test]
+    fn two_groups_on_one_trimmed_stack() {
+        let s = set();
+        let mut x = 777u32;
+        let mut trimmed_total = 0;
+        let mut words_total = 0;
+        for n in [0usize, 1, 2, 3, 5, 17, 100, 1000] {
+            let mut draw = |k: usize| -> (Vec<i32>, Vec<u16>) {
+                (0..k)
+                    .map(|_| {
+                        x = x.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+                        (((x >> 20) % 31) as i32 - 15, ((x >> 8) % 64) as u16)
+                    })
+                    .unzip()
+            };
+            let (z, zt) = draw(n / 3 + 1);
+            let (y, yt) = draw(n);
+            let mut stack = StackEncoder::new();
+            stack.push(&s, &y, &yt).unwrap();
+            stack.push(&s, &z, &zt).unwrap();
+            let words = {
+                let mut w = StackEncoder::new();
+                w.push(&s, &y, &yt).unwrap();
+                w.push(&s, &z, &zt).unwrap();
+                w.finish(Packing::Words)
+            };
+            let bytes = stack.finish(Packing::Trimmed);
+            assert!(bytes.len() <= words.len() && bytes.len() + 3 >= words.len());
+            assert_eq!(bytes[..], words[..bytes.len()]);
+            assert_ne!(bytes.last(), Some(&0));
+            trimmed_total += bytes.len();
+            words_total += words.len();
+            let mut d = StackDecoder::new(&bytes, Packing::Trimmed).unwrap();
+            assert_eq!(d.pop(&s, z.len(), |i| zt[i] as usize).unwrap(), z);
+            assert_eq!(d.pop(&s, y.len(), |i| yt[i] as usize).unwrap(), y);
+            d.finish().unwrap();
+            // The same bytes read as whole words fail unless they happen to be whole.
+            if bytes.len() % 4 != 0 {
+                assert!(StackDecoder::new(&bytes, Packing::Words).is_err());
+            }
+            // A trailing zero byte is not the stack's form.
+            let mut padded = bytes.clone();
+            padded.push(0);
+            assert!(StackDecoder::new(&padded, Packing::Trimmed).is_err());
+            // Popping fewer symbols leaves data behind.
+            let mut d = StackDecoder::new(&bytes, Packing::Trimmed).unwrap();
+            d.pop(&s, z.len(), |i| zt[i] as usize).unwrap();
+            assert_eq!(d.finish().is_err(), !y.is_empty());
+        }
+        // Trimming saves bytes on average (1.5 a stack if the state is spread evenly).
+        assert!(trimmed_total < words_total, "{trimmed_total} vs {words_total}");
+    }
+
+    #[test]
+    fn junk_in_a_trimmed_stack_never_panics() {
+        let s = set();
+        let mut x = 5u32;
+        for len in 0..300 {
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+                    (x >> 24) as u8
+                })
+                .collect();
+            if let Ok(mut d) = StackDecoder::new(&junk, Packing::Trimmed) {
+                let _ = d.pop(&s, 40, |i| i % s.len());
+                let _ = d.pop(&s, 40, |i| (i * 7) % s.len());
+            }
         }
     }
 }
