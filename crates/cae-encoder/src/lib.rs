@@ -103,6 +103,37 @@ mod tests {
         }
     }
 
+    /// With AMX (`cae_nn::amx`), g_a's layers after the first run on bf16 tiles: not the same
+    /// bits, but within bf16's rounding of the f32 layers (the decoder never takes this path).
+    #[test]
+    fn tiles_stay_within_bf16_rounding_of_the_f32_layers() {
+        let dev = Device::flex();
+        dev.seed(6);
+        for gdn in [true, false] {
+            let cfg = ModelConfig { n: 64, m: 96, kernel: 5, gdn, lambdas: vec![0.01] };
+            let ga = Analysis::new(&cfg, &dev);
+            let x = Tensor::<4>::random([1, 3, 64, 576], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
+            let mut want = x.clone();
+            for (i, c) in ga.convs.iter().enumerate() {
+                want = conv_forward(c, want);
+                if i < 3 {
+                    want = match ga.gdns.get(i) {
+                        Some(g) => g.forward(want),
+                        None => relu(want),
+                    };
+                }
+            }
+            let values = |t: Tensor<4>| -> Vec<f32> { t.into_data().try_into_vec_as::<f32>().unwrap() };
+            let (got, want) = (values(ga.forward(x)), values(want));
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst <= 0.01 * scale, "gdn {gdn}: off by {worst} of {scale}");
+            if cae_nn::amx::available() {
+                assert!(got != want, "gdn {gdn}: the tiles did not run");
+            }
+        }
+    }
+
     #[test]
     fn shapes() {
         let dev = Device::flex();

@@ -256,10 +256,15 @@ pub fn conv_chain(x: Tensor<4>, convs: &[Conv2d], gdns: &[crate::Gdn]) -> Tensor
         return chain_values(x, convs, gdns, conv_values);
     }
     let last = layers.len() - 1;
+    let tiles = tile_layers(convs, gdns, &layers);
     let x = crate::flex_ops::Values::of(x);
     let mut y = crate::zeroed(b * shape.iter().product::<usize>());
     for (xi, yi) in x.get().chunks(c * h * w).zip(y.chunks_mut(shape.iter().product())) {
         let first = &layers[0];
+        if let Some(tiles) = &tiles {
+            crate::amx::chain(xi, [c, h, w], tiles, yi);
+            continue;
+        }
         let mut input = direct::Padded::new(xi, c, h, w, first.stride, &first.offsets, first.out[2]);
         for (i, (layer, next)) in layers.iter().zip(&layers[1..]).enumerate() {
             let gdn = gdns.get(i);
@@ -277,6 +282,46 @@ pub fn conv_chain(x: Tensor<4>, convs: &[Conv2d], gdns: &[crate::Gdn]) -> Tensor
     }
     let [c_y, h_y, w_y] = shape;
     Tensor::from_data(TensorData::new(y, [b, c_y, h_y, w_y]), &device)
+}
+
+/// The layers of a chain on AMX tiles (`crate::amx`), where every one of them fits the tiles
+/// and `CAEC_NO_AMX` is not set: bf16 products with f32 sums, for the encoder's analysis
+/// transforms only (the decoder's floats must not depend on the CPU). GDN after every layer
+/// but the last where the chain has GDNs, else ReLU.
+fn tile_layers(convs: &[Conv2d], gdns: &[crate::Gdn], layers: &[ChainLayer]) -> Option<Vec<crate::amx::TileLayer>> {
+    use crate::amx::{PackedBf16, Then, TileLayer};
+    let mut tiles = Vec::with_capacity(layers.len());
+    let last = layers.len().checked_sub(1)?;
+    for (i, (conv, layer)) in convs.iter().zip(layers).enumerate() {
+        let [c_out, c_in, k, _] = conv.weight.val().dims();
+        if !crate::amx::fits(c_in, c_out, k) {
+            return None;
+        }
+        let then = match (i < last, gdns.get(i)) {
+            (false, _) => Then::Nothing,
+            (true, Some(g)) if g.inverse => return None,
+            (true, Some(g)) => {
+                let (beta, gamma) = g.effective_values();
+                Then::Gdn { beta, gamma: PackedBf16::new(&gamma, c_out, c_out, 1) }
+            }
+            (true, None) => Then::Relu,
+        };
+        // The image (3 channels, read in one step per kernel row) as hi + lo bf16 parts: an
+        // 8-bit level rounded to bf16 is off by up to half a level; the split costs nothing
+        // while 2 · 3 · 5 inputs still fill one step.
+        let split_input = i == 0 && c_in % crate::amx::BLOCK != 0 && PackedBf16::packs(2 * c_in, k);
+        let weights = values(conv.weight.val());
+        tiles.push(TileLayer {
+            packed: if split_input { PackedBf16::new_split(&weights, c_out, c_in, k) } else { PackedBf16::new(&weights, c_out, c_in, k) },
+            split_input,
+            bias: layer.bias.clone().unwrap_or_else(|| vec![0.0; c_out]),
+            stride: layer.stride,
+            pad: (-layer.offsets[0]) as usize,
+            out: layer.out,
+            then,
+        });
+    }
+    (!tiles.is_empty()).then_some(tiles)
 }
 
 /// A k x k transposed convolution with stride `stride`, padding `pad` and output padding

@@ -104,11 +104,16 @@ impl Gdn {
     /// values between layers.
     pub fn forward_values(&self, data: &mut [f32], dims: [usize; 4]) {
         let c = dims[1];
-        let (beta, gamma) = self.effective();
-        let beta: Vec<f32> = beta.into_data().try_into_vec_as().expect("float beta");
-        let gamma: Vec<f32> = gamma.into_data().try_into_vec_as().expect("float gamma");
+        let (beta, gamma) = self.effective_values();
         let gamma = ndarray::ArrayView2::from_shape((c, c), &gamma[..]).expect("gamma is c x c");
         normalise(data, None, dims, &beta, gamma, self.inverse);
+    }
+
+    /// beta (`[c]`) and gamma (`[c_out, c_in]`, row-major) after the reparametrisation, as
+    /// values.
+    pub(crate) fn effective_values(&self) -> (Vec<f32>, Vec<f32>) {
+        let (beta, gamma) = self.effective();
+        (beta.into_data().try_into_vec_as().expect("float beta"), gamma.into_data().try_into_vec_as().expect("float gamma"))
     }
 }
 

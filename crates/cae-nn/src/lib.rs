@@ -1,9 +1,10 @@
 //! What the encoder and decoder networks share: the model configuration, GDN / inverse GDN,
 //! the per-quality gain vectors of the variable-rate model, and the learned factorized
 //! density of the hyper-latent.
-// Unsafe code only in `direct`'s SIMD micro-kernel, behind checked bounds.
+// Unsafe code only in `direct`'s SIMD micro-kernel and `amx`'s tiles, behind checked bounds.
 #![deny(unsafe_code)]
 
+pub mod amx;
 mod config;
 mod conv_op;
 mod density;

@@ -116,6 +116,31 @@ fn bench_layers(group: &mut BenchmarkGroup<'_, WallTime>, layers: &[Layer<'_>], 
     }
 }
 
+/// `amx.conv1` … `amx.conv3`: g_a's 64-channel convolutions on AMX tiles (bf16, f32 sums;
+/// `cae_nn::amx`), from a padded pixel-major bf16 input to f32 output without bias, against
+/// `g_a.conv1` … (f32, channel-major, with bias). Skipped where the CPU has no AMX.
+fn amx_layers(group: &mut BenchmarkGroup<'_, WallTime>, net: &Net, cfg: &ModelConfig, h: usize, w: usize) {
+    use cae_nn::amx;
+    if !amx::available() {
+        eprintln!("no AMX on this CPU: amx.* not run");
+        return;
+    }
+    let k = cfg.kernel;
+    let ch = [3, cfg.n, cfg.n, cfg.n, cfg.m];
+    for i in 1..4 {
+        let (hi, wi) = (h >> i, w >> i);
+        let weights = net.g_a.convs[i].weight.val().into_data().to_vec::<f32>().unwrap();
+        let packed = amx::PackedBf16::new(&weights, ch[i + 1], ch[i], k);
+        let x: Vec<f32> = (0..ch[i] * hi * wi).map(|j| ((j * 7919 % 2003) as f32 / 1001.0) - 1.0).collect();
+        let p = k / 2;
+        let xp = amx::PaddedNhwc::from_planes(&x, ch[i], hi, wi, (p, p + 1), (p, p + 1));
+        group.throughput(Throughput::Elements(2 * macs(ch[i], ch[i + 1], k) * (hi / 2 * wi / 2) as u64));
+        group.bench_function(format!("amx.conv{i}"), |b| {
+            b.iter(|| amx::conv(black_box(&xp), &packed, 2, hi / 2, wi / 2).expect("AMX").len())
+        });
+    }
+}
+
 fn inference(c: &mut Criterion) {
     let dev = Device::flex();
     dev.seed(1);
@@ -126,6 +151,7 @@ fn inference(c: &mut Criterion) {
     group.sample_size(10);
     let all = layers(&net, &cfg, 1, h, w);
     bench_layers(&mut group, &all, &dev, false);
+    amx_layers(&mut group, &net, &cfg, h, w);
     let x = random([1, 3, h, w], &dev);
     let y = random([1, cfg.m, h / 16, w / 16], &dev);
     let (ga, gs): (u64, u64) = all.iter().fold((0, 0), |(a, s), l| if l.name.starts_with("g_a") { (a + l.flops, s) } else { (a, s + l.flops) });
