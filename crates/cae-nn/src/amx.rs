@@ -396,6 +396,7 @@ pub(crate) fn chain(planes: &[f32], [c, h, w]: [usize; 3], layers: &[TileLayer],
 ///
 /// # Safety
 /// The CPU must have AVX-512, AVX512-BF16 and AMX (the tiles of the row's convolution ran).
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn finish_row(sums: &mut [f32], c: usize, bias: &[f32], then: &Then, dst: &mut [u16]) {
     thread_local! {
@@ -456,6 +457,7 @@ unsafe fn finish_row(sums: &mut [f32], c: usize, bias: &[f32], then: &Then, dst:
 }
 
 /// `src` rounded to bf16 (to nearest, ties to even) into `dst`, 32 values an instruction.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 fn to_bf16(src: &[f32], dst: &mut [u16]) {
     use std::arch::x86_64::*;
@@ -477,12 +479,14 @@ fn to_bf16(src: &[f32], dst: &mut [u16]) {
 }
 
 /// Load the tile configuration on this thread.
+#[cfg(target_arch = "x86_64")]
 #[inline]
 unsafe fn configure() {
     unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
 }
 
 /// Release the tiles (back to the initial state, so that context switches stay cheap).
+#[cfg(target_arch = "x86_64")]
 #[inline]
 unsafe fn release() {
     unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
@@ -492,6 +496,7 @@ unsafe fn release() {
 /// apart) x 32 output channels (`b`, the group's packed steps), summed over the steps whose
 /// A tiles start `offsets` bytes from `a`; the sums stored at `c`, pixels `c_stride` bytes
 /// apart.
+#[cfg(target_arch = "x86_64")]
 #[inline]
 unsafe fn group(a: *const u8, a_stride: usize, offsets: &[usize], b: *const u8, c: *mut u8, c_stride: usize) {
     if offsets.is_empty() {
@@ -538,6 +543,24 @@ unsafe fn group(a: *const u8, a_stride: usize, offsets: &[usize], b: *const u8, 
         options(nostack),
     );
     }
+}
+
+// Elsewhere `available()` is false and none of these runs.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn finish_row(_: &mut [f32], _: usize, _: &[f32], _: &Then, _: &mut [u16]) {
+    unreachable!("AMX is x86-64 only")
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn configure() {
+    unreachable!("AMX is x86-64 only")
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn release() {
+    unreachable!("AMX is x86-64 only")
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn group(_: *const u8, _: usize, _: &[usize], _: *const u8, _: *mut u8, _: usize) {
+    unreachable!("AMX is x86-64 only")
 }
 
 #[cfg(test)]
