@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 /// written files stays here for good, so that they keep decoding (see weights/README.md).
 pub static BUILTIN: &[(&str, &[u8])] = &[
     ("default", include_bytes!("../weights/default.caem")),
+    ("default-2026-11-29", include_bytes!("../weights/default-2026-11-29.caem")),
     ("default-2026-11-28d", include_bytes!("../weights/default-2026-11-28d.caem")),
     ("default-2026-11-28c", include_bytes!("../weights/default-2026-11-28c.caem")),
     ("default-2026-11-28b", include_bytes!("../weights/default-2026-11-28b.caem")),
