@@ -404,12 +404,13 @@ unsafe fn finish_row(sums: &mut [f32], c: usize, bias: &[f32], then: &Then, dst:
         static SCRATCH: std::cell::RefCell<(Vec<u16>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
     let Then::Gdn { beta, gamma } = then else {
+        // The branch outside the loops, so that they vectorise.
+        let relu = matches!(then, Then::Relu);
         for v in sums.chunks_exact_mut(c) {
-            for (x, b) in v.iter_mut().zip(bias) {
-                *x += b;
-                if matches!(then, Then::Relu) {
-                    *x = x.max(0.0);
-                }
+            if relu {
+                v.iter_mut().zip(bias).for_each(|(x, b)| *x = (*x + b).max(0.0));
+            } else {
+                v.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
             }
         }
         to_bf16(&sums[..dst.len()], dst);
