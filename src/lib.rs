@@ -324,23 +324,23 @@ fn entropy_decode(file: &cae_format::CaeFile, model: &Model) -> Result<(Symbols,
     let h = &file.header;
     let zs = h.z_shape;
     let plane = zs.height as usize * zs.width as usize;
-    let y_count = h.y_shape.len();
-    let (z, pred, y) = match file.symbols {
-        cae_format::Symbols::Separate { z, y } => {
-            let z = model.z_tables.decode(z, zs.len(), |i| i / plane)?;
-            let pred = model.hyper_synthesis.forward(&z, zs.height as usize, zs.width as usize);
-            let y = model.y_tables.decode(y, y_count, |i| pred.table[i] as usize)?;
-            (z, pred, y)
-        }
-        cae_format::Symbols::Joint(bytes) => {
-            let mut stack = cae_entropy::StackDecoder::new(bytes, cae_entropy::Packing::Trimmed)?;
-            let z = stack.pop(&model.z_tables, zs.len(), |i| i / plane)?;
-            let pred = model.hyper_synthesis.forward(&z, zs.height as usize, zs.width as usize);
-            let y = stack.pop(&model.y_tables, y_count, |i| pred.table[i] as usize)?;
-            stack.finish()?;
-            (z, pred, y)
-        }
+    use cae_entropy::{Packing, StackDecoder};
+    // Version 1: z and y on stacks of their own; version 2: y under z on one stack.
+    let (mut z_stack, y_stack) = match file.symbols {
+        cae_format::Symbols::Separate { z, y } => (StackDecoder::new(z, Packing::Words)?, Some(StackDecoder::new(y, Packing::Words)?)),
+        cae_format::Symbols::Joint(bytes) => (StackDecoder::new(bytes, Packing::Trimmed)?, None),
     };
+    let z = z_stack.pop(&model.z_tables, zs.len(), |i| i / plane)?;
+    let pred = model.hyper_synthesis.forward(&z, zs.height as usize, zs.width as usize);
+    let mut y_stack = match y_stack {
+        Some(y_stack) => {
+            z_stack.finish()?;
+            y_stack
+        }
+        None => z_stack,
+    };
+    let y = y_stack.pop(&model.y_tables, h.y_shape.len(), |i| pred.table[i] as usize)?;
+    y_stack.finish()?;
     let mu: Vec<f32> = pred.means.iter().map(|&v| cae_decoder::fixed_to_f32(v)).collect();
     let y_hat = cae_quant::dequantize(&y, &mu);
     Ok((Symbols { z, y, y_tables: pred.table }, y_hat))
