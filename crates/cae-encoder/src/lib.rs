@@ -77,6 +77,21 @@ mod tests {
     /// The coding path (plain values between layers, ReLU fused) computes what the layers
     /// compute one tensor at a time, bit for bit, with GDN and with ReLU, at a size that is
     /// not a multiple of any tile.
+    /// g_a one layer at a time through burn's tensors, the f32 path.
+    fn layer_by_layer(ga: &Analysis, x: Tensor<4>) -> Tensor<4> {
+        let mut x = x;
+        for (i, c) in ga.convs.iter().enumerate() {
+            x = conv_forward(c, x);
+            if i < 3 {
+                x = match ga.gdns.get(i) {
+                    Some(g) => g.forward(x),
+                    None => relu(x),
+                };
+            }
+        }
+        x
+    }
+
     #[test]
     fn values_between_layers_match_the_layer_by_layer_path() {
         let dev = Device::flex();
@@ -85,16 +100,7 @@ mod tests {
             let cfg = ModelConfig { n: 16, m: 32, kernel: 5, gdn, lambdas: vec![0.01] };
             let (ga, ha) = (Analysis::new(&cfg, &dev), HyperAnalysis::new(&cfg, &dev));
             let x = Tensor::<4>::random([1, 3, 72, 104], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
-            let mut want = x.clone();
-            for (i, c) in ga.convs.iter().enumerate() {
-                want = conv_forward(c, want);
-                if i < 3 {
-                    want = match ga.gdns.get(i) {
-                        Some(g) => g.forward(want),
-                        None => relu(want),
-                    };
-                }
-            }
+            let want = layer_by_layer(&ga, x.clone());
             let got = ga.forward(x);
             let bits = |t: Tensor<4>| -> Vec<u32> { t.into_data().try_into_vec_as::<f32>().unwrap().iter().map(|v| v.to_bits()).collect() };
             assert_eq!(bits(got.clone()), bits(want.clone()), "g_a, gdn {gdn}");
@@ -103,8 +109,8 @@ mod tests {
         }
     }
 
-    /// With AMX (`cae_nn::amx`), g_a's layers after the first run on bf16 tiles: not the same
-    /// bits, but within bf16's rounding of the f32 layers (the decoder never takes this path).
+    /// With AMX (`cae_nn::amx`), g_a's layers run on bf16 tiles: not the same bits, but within
+    /// bf16's rounding of the f32 layers (the decoder never takes this path).
     #[test]
     fn tiles_stay_within_bf16_rounding_of_the_f32_layers() {
         let dev = Device::flex();
@@ -113,16 +119,7 @@ mod tests {
             let cfg = ModelConfig { n: 64, m: 96, kernel: 5, gdn, lambdas: vec![0.01] };
             let ga = Analysis::new(&cfg, &dev);
             let x = Tensor::<4>::random([1, 3, 64, 576], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
-            let mut want = x.clone();
-            for (i, c) in ga.convs.iter().enumerate() {
-                want = conv_forward(c, want);
-                if i < 3 {
-                    want = match ga.gdns.get(i) {
-                        Some(g) => g.forward(want),
-                        None => relu(want),
-                    };
-                }
-            }
+            let want = layer_by_layer(&ga, x.clone());
             let values = |t: Tensor<4>| -> Vec<f32> { t.into_data().try_into_vec_as::<f32>().unwrap() };
             let (got, want) = (values(ga.forward(x)), values(want));
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
