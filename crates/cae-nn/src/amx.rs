@@ -286,25 +286,14 @@ pub fn conv_rows<T: Send>(x: &PaddedNhwc, w: &PackedBf16, stride: usize, h_out: 
     if !fits(w.c_in, w.c_out, w.k) {
         return false;
     }
-    let (c_in, c_out) = (w.c_in, w.c_out);
     let offsets = w.offsets(x.width);
-    let scratch = || vec![0f32; w_pad * c_out];
+    let scratch = || vec![0f32; w_pad * w.c_out];
     sinks.into_par_iter().enumerate().for_each_init(scratch, |row, (oy, sink)| {
         // SAFETY: `available()` checked the CPU and the permission; every tile load reads
-        // inside `x.data` (the asserts above bound the taps of every pixel up to `w_pad`)
-        // and inside the packed weights (`steps` steps per group); every store writes 32
-        // pixels x 32 channels inside `row` (`w_pad` pixels).
+        // inside `x.data` (the asserts above bound the taps of every pixel up to `w_pad`).
         unsafe {
-            configure();
-            for ox in (0..w_pad).step_by(PIXELS) {
-                let a = x.data.as_ptr().add(((stride * oy) * x.width + stride * ox) * c_in) as *const u8;
-                for g in 0..c_out / BLOCK {
-                    let b = w.data.as_ptr().add(g * w.steps() * STEP) as *const u8;
-                    let c = row.as_mut_ptr().add(ox * c_out + g * BLOCK) as *mut u8;
-                    group(a, stride * c_in * 2, &offsets, b, c, c_out * 4);
-                }
-            }
-            release();
+            let a = x.data.as_ptr().add(stride * oy * x.width * w.c_in) as *const u8;
+            row_sums(a, stride * w.c_in * 2, &offsets, w, row);
         }
         f(sink, row);
     });
@@ -430,24 +419,9 @@ unsafe fn finish_row(sums: &mut [f32], c: usize, bias: &[f32], then: &Then, dst:
             }
             to_bf16(&squares, q);
         }
-        let w_out = sums.len() / c;
-        let offsets: Vec<usize> = (0..c / BLOCK).map(|kb| kb * BLOCK * 2).collect();
-        // SAFETY: the tiles read 32 pixels x c channels of `sq` and write as many of `norm`
-        // from groups inside the row (a whole number of them); `gamma` holds c / 32 steps per
-        // group of 32 channels.
-        debug_assert_eq!(w_out % PIXELS, 0, "whole groups");
-        unsafe {
-            configure();
-            for ox in (0..w_out).step_by(PIXELS) {
-                for g in 0..c / BLOCK {
-                    let a = sq.as_ptr().add(ox * c) as *const u8;
-                    let b = gamma.data.as_ptr().add(g * gamma.steps() * STEP) as *const u8;
-                    let out = norm.as_mut_ptr().add(ox * c + g * BLOCK) as *mut u8;
-                    group(a, c * 2, &offsets, b, out, c * 4);
-                }
-            }
-            release();
-        }
+        // SAFETY: the tiles read c channels of each of the row's pixels in `sq` (gamma is
+        // a 1 x 1 convolution: its steps are the blocks of 32 channels of one pixel).
+        unsafe { row_sums(sq.as_ptr() as *const u8, c * 2, &gamma.offsets(1), gamma, norm) };
         for (v, n) in sums.chunks_exact_mut(c).zip(norm.chunks_exact(c)) {
             for ((x, &s), &b) in v.iter_mut().zip(n).zip(beta) {
                 *x /= (s + b).sqrt();
@@ -476,6 +450,32 @@ fn to_bf16(src: &[f32], dst: &mut [u16]) {
     }
     for (o, &x) in d.into_remainder().iter_mut().zip(s.remainder()) {
         *o = bf16(x);
+    }
+}
+
+/// One row's sums for every group of 32 output channels of `w`, pixel-major into `out`
+/// (`w.c_out` values a pixel, a whole number of groups of 32 pixels): pixel `p`'s first tap
+/// is at `a + p · a_pixel` bytes, its steps `offsets` bytes from there.
+///
+/// # Safety
+/// AMX must be available, and every tile row read — 64 bytes at `a + p · a_pixel + offset`
+/// for each pixel `p` of `out` and each offset — inside one allocation.
+unsafe fn row_sums(a: *const u8, a_pixel: usize, offsets: &[usize], w: &PackedBf16, out: &mut [f32]) {
+    let c_out = w.c_out;
+    let pixels = out.len() / c_out;
+    assert!(pixels % PIXELS == 0 && offsets.len() == w.steps(), "whole groups of pixels, one offset a step");
+    // SAFETY: per the caller's promise for the A tiles; the B tiles read `steps` steps per
+    // group inside the packed weights; every store writes 32 pixels x 32 channels inside `out`.
+    unsafe {
+        configure();
+        for ox in (0..pixels).step_by(PIXELS) {
+            for g in 0..c_out / BLOCK {
+                let b = w.data.as_ptr().add(g * w.steps() * STEP) as *const u8;
+                let c = out.as_mut_ptr().add(ox * c_out + g * BLOCK) as *mut u8;
+                group(a.add(ox * a_pixel), a_pixel, offsets, b, c, c_out * 4);
+            }
+        }
+        release();
     }
 }
 
