@@ -98,10 +98,15 @@ impl PaddedNhwc {
         assert_eq!(x.len(), c * h * w, "input planes");
         let mut p = Self::zeros(c, h, w, rows, cols);
         let (width, top, left) = (p.width, p.top, p.left);
-        p.data.par_chunks_mut(width * c).skip(top).take(h).enumerate().for_each(|(y, line)| {
+        // Per row: each channel's row rounded (vectorised), then turned pixel-major.
+        let rounded = || vec![0u16; c * w];
+        p.data.par_chunks_mut(width * c).skip(top).take(h).enumerate().for_each_init(rounded, |tmp, (y, line)| {
+            for (ci, t) in tmp.chunks_exact_mut(w).enumerate() {
+                round_to_bf16(&x[(ci * h + y) * w..][..w], t);
+            }
             for (xx, px) in line[left * c..(left + w) * c].chunks_exact_mut(c).enumerate() {
                 for (ci, v) in px.iter_mut().enumerate() {
-                    *v = bf16(x[(ci * h + y) * w + xx]);
+                    *v = tmp[ci * w + xx];
                 }
             }
         });
@@ -136,8 +141,9 @@ impl PaddedNhwc {
 /// group), each row `r` holding for its 16 output channels the pair of inputs `2r`, `2r + 1`
 /// of the step. The steps and their 32 inputs:
 ///
-/// - *wide* (`c_in` a multiple of 32): per tap `(dy, dx)` (row-major), per block of 32 input
-///   channels, those channels of the tap's pixel;
+/// - *wide* (`c_in` a multiple of 32): per tap `(dy, dx)` of a list (all k x k, row-major,
+///   for [`new`](Self::new)), per block of 32 input channels, those channels of the tap's
+///   pixel;
 /// - *narrow* (`k · c_in ≤ 32`, as the image's 3 channels): per kernel row `dy`, the 32
 ///   values from the row's first tap on, which hold the `k` taps' pixels (`dx · c_in + ci`)
 ///   and then values whose weights are zero.
@@ -147,6 +153,8 @@ pub struct PackedBf16 {
     pub c_in: usize,
     pub c_out: usize,
     pub k: usize,
+    /// The taps `[dy, dx]` of a wide packing (empty for a narrow one).
+    taps: Vec<[usize; 2]>,
 }
 
 /// bf16 values in one group's step: two 16 x 32 tiles.
@@ -163,7 +171,23 @@ impl PackedBf16 {
     pub fn new(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Self {
         assert_eq!(w.len(), c_out * c_in * k * k, "weights");
         assert!(c_out % BLOCK == 0 && Self::packs(c_in, k), "{c_in} -> {c_out} channels, {k} x {k} taps: not in blocks of {BLOCK}");
-        let mut packed = PackedBf16 { data: Vec::new(), c_in, c_out, k };
+        let taps = if c_in % BLOCK == 0 { (0..k * k).map(|t| [t / k, t % k]).collect() } else { Vec::new() };
+        Self::pack(c_out, c_in, k, taps, |oc, ci, t| w[(oc * c_in + ci) * k * k + t])
+    }
+
+    /// A wide packing (`c_in` and `c_out` multiples of [`BLOCK`]) of the taps `taps`
+    /// (`[dy, dx]` in the padded input), tap `t`'s weight from input channel `ci` to output
+    /// channel `oc` being `weight(oc, ci, t)`.
+    pub(crate) fn with_taps(c_out: usize, c_in: usize, taps: Vec<[usize; 2]>, weight: impl Fn(usize, usize, usize) -> f32) -> Self {
+        assert!(c_out % BLOCK == 0 && c_in % BLOCK == 0 && !taps.is_empty(), "{c_in} -> {c_out} channels: not in blocks of {BLOCK}");
+        let k = taps.iter().map(|&[dy, dx]| dy.max(dx) + 1).max().unwrap_or(1);
+        Self::pack(c_out, c_in, k, taps, weight)
+    }
+
+    /// Pack the weights: `weight(oc, ci, t)` with `t` the index of a wide packing's tap, or
+    /// `dy · k + dx` for a narrow one.
+    fn pack(c_out: usize, c_in: usize, k: usize, taps: Vec<[usize; 2]>, weight: impl Fn(usize, usize, usize) -> f32) -> Self {
+        let mut packed = PackedBf16 { data: Vec::new(), c_in, c_out, k, taps };
         let steps = packed.steps();
         packed.data = vec![0u16; c_out / BLOCK * steps * STEP];
         let narrow = packed.narrow();
@@ -176,15 +200,15 @@ impl PackedBf16 {
                             let oc = g * BLOCK + half * 16 + n;
                             for e in 0..2 {
                                 let j = 2 * r + e;
-                                // (input channel, dy, dx) of input j of step s, if any.
+                                // (input channel, tap) of input j of step s, if any.
                                 let tap = if narrow {
-                                    (j < k * c_in).then(|| (j % c_in, s, j / c_in))
+                                    (j < k * c_in).then(|| (j % c_in, s * k + j / c_in))
                                 } else {
                                     let (t, kb) = (s / (c_in / BLOCK), s % (c_in / BLOCK));
-                                    Some((kb * BLOCK + j, t / k, t % k))
+                                    Some((kb * BLOCK + j, t))
                                 };
-                                if let Some((ci, dy, dx)) = tap {
-                                    packed.data[at] = bf16(w[((oc * c_in + ci) * k + dy) * k + dx]);
+                                if let Some((ci, t)) = tap {
+                                    packed.data[at] = bf16(weight(oc, ci, t));
                                 }
                                 at += 1;
                             }
@@ -210,28 +234,34 @@ impl PackedBf16 {
     }
 
     fn steps(&self) -> usize {
-        if self.narrow() { self.k } else { self.k * self.k * (self.c_in / BLOCK) }
+        if self.narrow() { self.k } else { self.taps.len() * (self.c_in / BLOCK) }
     }
 
-    /// Byte offsets of each step's A tile from an output pixel's first tap, in a padded map
-    /// `width` pixels wide.
-    fn offsets(&self, width: usize) -> Vec<usize> {
-        let (c_in, k) = (self.c_in, self.k);
+    /// Per step, the byte offsets of its A tile from an output pixel's first tap (in a padded
+    /// map `width` pixels wide) and of its B tiles in a group's packed weights.
+    fn steps_at(&self, width: usize) -> Vec<[usize; 2]> {
+        let c_in = self.c_in;
         (0..self.steps())
             .map(|s| {
-                if self.narrow() {
+                let a = if self.narrow() {
                     s * width * c_in * 2
                 } else {
-                    let (tap, kb) = (s / (c_in / BLOCK), s % (c_in / BLOCK));
-                    ((tap / k * width + tap % k) * c_in + kb * BLOCK) * 2
-                }
+                    let ([dy, dx], kb) = (self.taps[s / (c_in / BLOCK)], s % (c_in / BLOCK));
+                    ((dy * width + dx) * c_in + kb * BLOCK) * 2
+                };
+                [a, s * STEP * 2]
             })
             .collect()
     }
 
     /// Columns a row of an A tile reads from its first tap's pixel on.
-    fn reach(&self) -> usize {
-        if self.narrow() { self.k.max(BLOCK.div_ceil(self.c_in)) } else { self.k }
+    pub(crate) fn reach(&self) -> usize {
+        if self.narrow() { self.k.max(BLOCK.div_ceil(self.c_in)) } else { self.taps.iter().map(|t| t[1] + 1).max().unwrap_or(0) }
+    }
+
+    /// Rows the taps read from an output pixel's first tap's row on.
+    pub(crate) fn rows_reach(&self) -> usize {
+        if self.narrow() { self.k } else { self.taps.iter().map(|t| t[0] + 1).max().unwrap_or(0) }
     }
 }
 
@@ -280,20 +310,20 @@ pub fn conv(x: &PaddedNhwc, w: &PackedBf16, stride: usize, h_out: usize, w_out: 
 pub fn conv_rows<T: Send>(x: &PaddedNhwc, w: &PackedBf16, stride: usize, h_out: usize, w_out: usize, sinks: Vec<T>, f: impl Fn(T, &mut [f32]) + Sync) -> bool {
     assert_eq!(x.c, w.c_in, "input channels");
     assert_eq!(sinks.len(), h_out, "one sink per output row");
-    assert!(h_out == 0 || stride * (h_out - 1) + w.k <= x.height, "rows past the padded input");
+    assert!(h_out == 0 || stride * (h_out - 1) + w.rows_reach() <= x.height, "rows past the padded input");
     let w_pad = padded_row(w_out);
     assert!(w_out == 0 || stride * (w_pad - 1) + w.reach() <= x.width, "columns past the padded input");
     if !fits(w.c_in, w.c_out, w.k) {
         return false;
     }
-    let offsets = w.offsets(x.width);
+    let steps = w.steps_at(x.width);
     let scratch = || vec![0f32; w_pad * w.c_out];
     sinks.into_par_iter().enumerate().for_each_init(scratch, |row, (oy, sink)| {
         // SAFETY: `available()` checked the CPU and the permission; every tile load reads
         // inside `x.data` (the asserts above bound the taps of every pixel up to `w_pad`).
         unsafe {
             let a = x.data.as_ptr().add(stride * oy * x.width * w.c_in) as *const u8;
-            row_sums(a, stride * w.c_in * 2, &offsets, w, row);
+            row_sums(a, stride * w.c_in * 2, &steps, w, row);
         }
         f(sink, row);
     });
@@ -322,18 +352,24 @@ pub(crate) struct TileLayer {
     pub then: Then,
 }
 
-impl TileLayer {
-    /// The margins (before, after) of an input side of `n` pixels whose output side has
-    /// `n_out` pixels: the padding before, and after what the last output's taps reach.
-    fn margins(&self, n: usize, n_out: usize, reach: usize) -> (usize, usize) {
-        let reach = self.stride * n_out.saturating_sub(1) + reach;
-        (self.pad, reach.saturating_sub(n + self.pad))
-    }
+/// The margins (before, after) of an input side of `n` pixels whose output side has `n_out`
+/// pixels, at `stride` with `pad` pixels of padding: the padding before, and after what the
+/// last output's taps (`reach` pixels from its first) reach.
+fn margins(n: usize, n_out: usize, stride: usize, pad: usize, reach: usize) -> (usize, usize) {
+    let reach = stride * n_out.saturating_sub(1) + reach;
+    (pad, reach.saturating_sub(n + pad))
+}
 
-    /// The margins (rows, columns) of this layer's input of `h` x `w` pixels (the columns'
-    /// for rows of [`padded_row`] output pixels).
+/// The margins (rows, columns) of the input (`h` x `w` pixels) of a convolution with weights
+/// `w` to `h_out` x `w_out` pixels: the columns' for rows of [`padded_row`] output pixels.
+pub(crate) fn input_margins(w: &PackedBf16, stride: usize, pad: usize, [h, wd]: [usize; 2], [h_out, w_out]: [usize; 2]) -> ((usize, usize), (usize, usize)) {
+    (margins(h, h_out, stride, pad, w.rows_reach()), margins(wd, padded_row(w_out), stride, pad, w.reach()))
+}
+
+impl TileLayer {
+    /// The margins (rows, columns) of this layer's input of `h` x `w` pixels.
     fn input_margins(&self, h: usize, w: usize) -> ((usize, usize), (usize, usize)) {
-        (self.margins(h, self.out[1], self.packed.k), self.margins(w, padded_row(self.out[2]), self.packed.reach()))
+        input_margins(&self.packed, self.stride, self.pad, [h, w], [self.out[1], self.out[2]])
     }
 }
 
@@ -421,7 +457,7 @@ unsafe fn finish_row(sums: &mut [f32], c: usize, bias: &[f32], then: &Then, dst:
         }
         // SAFETY: the tiles read c channels of each of the row's pixels in `sq` (gamma is
         // a 1 x 1 convolution: its steps are the blocks of 32 channels of one pixel).
-        unsafe { row_sums(sq.as_ptr() as *const u8, c * 2, &gamma.offsets(1), gamma, norm) };
+        unsafe { row_sums(sq.as_ptr() as *const u8, c * 2, &gamma.steps_at(1), gamma, norm) };
         for (v, n) in sums.chunks_exact_mut(c).zip(norm.chunks_exact(c)) {
             for ((x, &s), &b) in v.iter_mut().zip(n).zip(beta) {
                 *x /= (s + b).sqrt();
@@ -429,6 +465,22 @@ unsafe fn finish_row(sums: &mut [f32], c: usize, bias: &[f32], then: &Then, dst:
         }
     });
     to_bf16(&sums[..dst.len()], dst);
+}
+
+/// `src` rounded to bf16 into `dst` (to nearest, ties to even, as [`bf16`] for every value
+/// but subnormals, which the vector instruction takes as zero): 32 values an instruction
+/// where AMX is available (and so AVX512-BF16), else one by one.
+pub(crate) fn round_to_bf16(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: `available()` checked AVX-512 and AVX512-BF16.
+        unsafe { to_bf16(src, dst) };
+        return;
+    }
+    assert_eq!(src.len(), dst.len(), "one bf16 per f32");
+    for (o, &x) in dst.iter_mut().zip(src) {
+        *o = bf16(x);
+    }
 }
 
 /// `src` rounded to bf16 (to nearest, ties to even) into `dst`, 32 values an instruction.
@@ -455,15 +507,15 @@ fn to_bf16(src: &[f32], dst: &mut [u16]) {
 
 /// One row's sums for every group of 32 output channels of `w`, pixel-major into `out`
 /// (`w.c_out` values a pixel, a whole number of groups of 32 pixels): pixel `p`'s first tap
-/// is at `a + p · a_pixel` bytes, its steps `offsets` bytes from there.
+/// is at `a + p · a_pixel` bytes, its steps as [`PackedBf16::steps_at`] gives them.
 ///
 /// # Safety
 /// AMX must be available, and every tile row read — 64 bytes at `a + p · a_pixel + offset`
-/// for each pixel `p` of `out` and each offset — inside one allocation.
-unsafe fn row_sums(a: *const u8, a_pixel: usize, offsets: &[usize], w: &PackedBf16, out: &mut [f32]) {
+/// for each pixel `p` of `out` and each step's A offset — inside one allocation.
+unsafe fn row_sums(a: *const u8, a_pixel: usize, steps: &[[usize; 2]], w: &PackedBf16, out: &mut [f32]) {
     let c_out = w.c_out;
     let pixels = out.len() / c_out;
-    assert!(pixels % PIXELS == 0 && offsets.len() == w.steps(), "whole groups of pixels, one offset a step");
+    assert!(pixels % PIXELS == 0 && steps.len() == w.steps(), "whole groups of pixels, one offset a step");
     // SAFETY: per the caller's promise for the A tiles; the B tiles read `steps` steps per
     // group inside the packed weights; every store writes 32 pixels x 32 channels inside `out`.
     unsafe {
@@ -472,7 +524,7 @@ unsafe fn row_sums(a: *const u8, a_pixel: usize, offsets: &[usize], w: &PackedBf
             for g in 0..c_out / BLOCK {
                 let b = w.data.as_ptr().add(g * w.steps() * STEP) as *const u8;
                 let c = out.as_mut_ptr().add(ox * c_out + g * BLOCK) as *mut u8;
-                group(a.add(ox * a_pixel), a_pixel, offsets, b, c, c_out * 4);
+                group(a.add(ox * a_pixel), a_pixel, steps, b, c, c_out * 4);
             }
         }
         release();
@@ -482,25 +534,27 @@ unsafe fn row_sums(a: *const u8, a_pixel: usize, offsets: &[usize], w: &PackedBf
 /// Load the tile configuration on this thread.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-unsafe fn configure() {
+pub(crate) unsafe fn configure() {
     unsafe { std::arch::asm!("ldtilecfg [{}]", in(reg) &CONFIG, options(nostack, readonly)) };
 }
 
 /// Release the tiles (back to the initial state, so that context switches stay cheap).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-unsafe fn release() {
+pub(crate) unsafe fn release() {
     unsafe { std::arch::asm!("tilerelease", options(nostack, nomem)) };
 }
 
-/// One group: 32 output pixels (`a`, the first pixel's first tap, pixels `a_stride` bytes
-/// apart) x 32 output channels (`b`, the group's packed steps), summed over the steps whose
-/// A tiles start `offsets` bytes from `a`; the sums stored at `c`, pixels `c_stride` bytes
-/// apart.
+/// Four 16 x 16 accumulator tiles summed over `steps`: per step `[a_off, b_off]`, the A tiles
+/// at `a + a_off` (16 rows `a_stride` bytes apart) and 16 rows further, times the B tiles at
+/// `b + b_off` and 1,024 bytes further (16 rows of 64 bytes each); the sums stored at `c`:
+/// A tile 0's rows `c_stride` bytes apart (B tile 0's 16 columns, then B tile 1's), then
+/// A tile 1's. In a convolution an A row is an output pixel and a B column an output
+/// channel (32 pixels x 32 channels); in a weight gradient an A row is an input channel.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-unsafe fn group(a: *const u8, a_stride: usize, offsets: &[usize], b: *const u8, c: *mut u8, c_stride: usize) {
-    if offsets.is_empty() {
+pub(crate) unsafe fn group(a: *const u8, a_stride: usize, steps: &[[usize; 2]], b: *const u8, c: *mut u8, c_stride: usize) {
+    if steps.is_empty() {
         return;
     }
     unsafe {
@@ -515,14 +569,15 @@ unsafe fn group(a: *const u8, a_stride: usize, offsets: &[usize], b: *const u8, 
         "tileloadd tmm4, [{p} + {sa}*1]",
         "add {p}, {sa16}",
         "tileloadd tmm5, [{p} + {sa}*1]",
-        "tileloadd tmm6, [{b} + {s64}*1]",
-        "tileloadd tmm7, [{b} + {s64}*1 + 1024]",
+        "mov {p}, qword ptr [{offs} + 8]",
+        "add {p}, {b}",
+        "tileloadd tmm6, [{p} + {s64}*1]",
+        "tileloadd tmm7, [{p} + {s64}*1 + 1024]",
         "tdpbf16ps tmm0, tmm4, tmm6",
         "tdpbf16ps tmm1, tmm4, tmm7",
         "tdpbf16ps tmm2, tmm5, tmm6",
         "tdpbf16ps tmm3, tmm5, tmm7",
-        "add {offs}, 8",
-        "add {b}, 2048",
+        "add {offs}, 16",
         "dec {n}",
         "jnz 2b",
         "tilestored [{c} + {sc}*1], tmm0",
@@ -533,9 +588,9 @@ unsafe fn group(a: *const u8, a_stride: usize, offsets: &[usize], b: *const u8, 
         a = in(reg) a,
         sa = in(reg) a_stride,
         sa16 = in(reg) 16 * a_stride,
-        offs = inout(reg) offsets.as_ptr() => _,
-        n = inout(reg) offsets.len() => _,
-        b = inout(reg) b => _,
+        offs = inout(reg) steps.as_ptr() => _,
+        n = inout(reg) steps.len() => _,
+        b = in(reg) b,
         s64 = in(reg) 64usize,
         c = inout(reg) c => _,
         sc = in(reg) c_stride,
@@ -552,15 +607,15 @@ unsafe fn finish_row(_: &mut [f32], _: usize, _: &[f32], _: &Then, _: &mut [u16]
     unreachable!("AMX is x86-64 only")
 }
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn configure() {
+pub(crate) unsafe fn configure() {
     unreachable!("AMX is x86-64 only")
 }
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn release() {
+pub(crate) unsafe fn release() {
     unreachable!("AMX is x86-64 only")
 }
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn group(_: *const u8, _: usize, _: &[usize], _: *const u8, _: *mut u8, _: usize) {
+pub(crate) unsafe fn group(_: *const u8, _: usize, _: &[[usize; 2]], _: *const u8, _: *mut u8, _: usize) {
     unreachable!("AMX is x86-64 only")
 }
 

@@ -25,7 +25,7 @@ use burn::tensor::DType;
 
 use rayon::prelude::*;
 
-use crate::fastconv::{conv2d, conv2d_relu, conv_transpose2d, conv_transpose2d_relu, phases_fit, weight_grad};
+use crate::fastconv::{conv2d_relu, conv_transpose2d, conv_transpose2d_relu, phases_fit, weight_grad};
 use crate::flex_ops::{slice, tensor, Ad};
 
 /// Geometry of one square k x k layer with equal strides and paddings.
@@ -74,26 +74,46 @@ impl Backward<Flex, 3> for ConvBackward {
         let c_in = x_dims[1];
         if let Some(node) = node_x {
             let (dx, dims) = if transposed {
-                conv2d(dy, y_dims, slice(&weight), None, c_in, g.k, g.stride, g.pad)
+                forward_conv(dy, y_dims, slice(&weight), None, c_in, g, false)
             } else {
-                let pad_out = adjoint_pad_out(x_dims[2], g);
-                conv_transpose2d(dy, y_dims, slice(&weight), None, c_in, g.k, g.stride, g.pad, pad_out)
+                let g = Geometry { pad_out: adjoint_pad_out(x_dims[2], g), ..g };
+                tiles_transposed(dy, y_dims, slice(&weight), None, c_in, g, false)
+                    .unwrap_or_else(|| conv_transpose2d(dy, y_dims, slice(&weight), None, c_in, g.k, g.stride, g.pad, g.pad_out))
             };
             assert_eq!(dims, x_dims, "the adjoint gives the input's size");
             grads.register::<Flex>(node.id, tensor(dx, &x_dims));
         }
         if let Some(node) = node_w {
-            let dw = if transposed {
-                weight_grad(slice(&x), x_dims, dy, y_dims, g.k, g.stride, g.pad)
-            } else {
-                weight_grad(dy, y_dims, slice(&x), x_dims, g.k, g.stride, g.pad)
-            };
+            let (small, big) = if transposed { ((slice(&x), x_dims), (dy, y_dims)) } else { ((dy, y_dims), (slice(&x), x_dims)) };
+            let tiles = || crate::amx_train::weight_grad(small.0, small.1, big.0, big.1, g.k, g.stride, g.pad);
+            let dw = crate::amx_train::bf16_products()
+                .then(tiles)
+                .flatten()
+                .unwrap_or_else(|| weight_grad(small.0, small.1, big.0, big.1, g.k, g.stride, g.pad));
             grads.register::<Flex>(node.id, tensor(dw, &w_dims));
         }
         if let Some(node) = node_b {
             grads.register::<Flex>(node.id, tensor(bias_grad(dy, y_dims), &[y_dims[1]]));
         }
     }
+}
+
+/// A convolution with bias (`None`: none) and ReLU where `relu`: on the AMX tiles where
+/// training asked for bf16 products ([`crate::set_bf16_products`]) and the shapes suit them,
+/// else the f32 kernels.
+fn forward_conv(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, g: Geometry, relu: bool) -> (Vec<f32>, [usize; 4]) {
+    let tiles = || crate::amx_train::conv_batch(x, dims, weight, bias, c_out, g.k, g.stride, g.pad, relu);
+    crate::amx_train::bf16_products()
+        .then(tiles)
+        .flatten()
+        .unwrap_or_else(|| conv2d_relu(x, dims, weight, bias, c_out, g.k, g.stride, g.pad, relu))
+}
+
+/// A transposed convolution on the AMX tiles, where training asked for bf16 products and the
+/// shapes suit them; `None` otherwise.
+fn tiles_transposed(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, g: Geometry, relu: bool) -> Option<(Vec<f32>, [usize; 4])> {
+    let tiles = || crate::amx_train::conv_transpose_batch(x, dims, weight, bias, c_out, g.k, g.stride, g.pad, g.pad_out, relu);
+    crate::amx_train::bf16_products().then(tiles).flatten()
 }
 
 /// Values per piece of the parallel element-wise passes.
@@ -171,7 +191,9 @@ pub(crate) fn conv(x: &Tensor<4>, weight: &Tensor<4>, bias: &Tensor<1>, g: Geome
     let ws = wa.primitive().to_contiguous();
     let bs = ba.primitive().to_contiguous();
     let (y, y_dims) = if !transposed {
-        let (y, dims) = conv2d_relu(slice(&xs), x_dims, slice(&ws), Some(slice(&bs)), c_out, g.k, g.stride, g.pad, relu);
+        let (y, dims) = forward_conv(slice(&xs), x_dims, slice(&ws), Some(slice(&bs)), c_out, g, relu);
+        (tensor(y, &dims), dims)
+    } else if let Some((y, dims)) = tiles_transposed(slice(&xs), x_dims, slice(&ws), Some(slice(&bs)), c_out, g, relu) {
         (tensor(y, &dims), dims)
     } else if !phases_fit(c_out) {
         // A few output channels, more than the few-row tile takes: burn-flex's own form is

@@ -658,7 +658,7 @@ pub(crate) fn aligned(buf: &mut [f32], len: usize) -> &mut [f32] {
 /// Pixel-major lane rows to channel rows: `out[co·ld + x] = lanes[x·c_out + co]` (x < n,
 /// co < c_out). On AVX-512, blocks of 16 x 16 turn in registers ([`avx512::turn16`]); the
 /// other values one by one.
-fn turn(lanes: &[f32], n: usize, c_out: usize, out: &mut [f32], ld: usize) {
+pub(crate) fn turn(lanes: &[f32], n: usize, c_out: usize, out: &mut [f32], ld: usize) {
     assert!(lanes.len() == n * c_out && n <= ld && (c_out == 0 || (c_out - 1) * ld + n <= out.len()), "turn: shapes");
     let mut x0 = 0;
     #[cfg(target_arch = "x86_64")]

@@ -1,10 +1,12 @@
 //! What the encoder and decoder networks share: the model configuration, GDN / inverse GDN,
 //! the per-quality gain vectors of the variable-rate model, and the learned factorized
 //! density of the hyper-latent.
-// Unsafe code only in `direct`'s SIMD micro-kernel and `amx`'s tiles, behind checked bounds.
+// Unsafe code only in `direct`'s SIMD micro-kernel and the AMX tiles (`amx`, `amx_train`),
+// behind checked bounds.
 #![deny(unsafe_code)]
 
 pub mod amx;
+mod amx_train;
 mod config;
 mod conv_op;
 mod density;
@@ -15,6 +17,7 @@ mod gdn;
 mod gdn_op;
 mod tensors;
 
+pub use amx_train::{bf16_products, set_bf16_products};
 pub use config::{ModelConfig, ConfigError};
 pub use density::FactorizedDensity;
 pub use direct::conv3x3_exact;

@@ -7,7 +7,9 @@
 //!   training shapes (batch 2 of 256x256 crops), and a whole training step: `forward` (loss),
 //!   `forward_backward`, `step` (with the Adam update and the GDN projection), and
 //!   `plain_gdn` / `plain_relu`: g_a, rounding, g_s, MSE and backward only (no hyperprior),
-//!   with GDN or with ReLU, the step `../shared/peer/peer_bench.py` times in PyTorch;
+//!   with GDN or with ReLU, the step `../shared/peer/peer_bench.py` times in PyTorch; the
+//!   `_bf16` twins (and `train_bf16/2x256/*` for the layers) run training's products on the
+//!   AMX tiles where the CPU has them;
 //! - `infer/768x512/g_a_relu`, `g_s_relu`: the ReLU network of `peer_bench.py`;
 //!
 //! Convolutions report their floating-point operations as criterion's "elements" (2 per
@@ -185,9 +187,18 @@ fn training(c: &mut Criterion) {
     dev.seed(1);
     let cfg = config();
     let (batch, crop) = (2, 256);
+    let net = Net::new(&cfg, &dev);
+    if cae_nn::amx::available() {
+        // The layers with the products on the AMX tiles.
+        let mut tiles = c.benchmark_group(format!("train_bf16/{batch}x{crop}"));
+        tiles.sample_size(10);
+        cae_nn::set_bf16_products(true);
+        bench_layers(&mut tiles, &layers(&net, &cfg, batch, crop, crop), &dev, true);
+        cae_nn::set_bf16_products(false);
+        tiles.finish();
+    }
     let mut group = c.benchmark_group(format!("train/{batch}x{crop}"));
     group.sample_size(10);
-    let net = Net::new(&cfg, &dev);
     bench_layers(&mut group, &layers(&net, &cfg, batch, crop, crop), &dev, true);
 
     // Whole steps on crops of generated images (the content does not change the time).
@@ -216,17 +227,31 @@ fn training(c: &mut Criterion) {
     group.bench_function("plain_gdn", |b| b.iter(|| plain_step(&net, black_box(x.clone()))));
     let relu = Net::new(&ModelConfig { gdn: false, ..config() }, &dev);
     group.bench_function("plain_relu", |b| b.iter(|| plain_step(&relu, black_box(x.clone()))));
+    // The same with the products on the AMX tiles (bf16 operands, f32 sums), where the CPU has them.
+    if cae_nn::amx::available() {
+        cae_nn::set_bf16_products(true);
+        group.bench_function("plain_relu_bf16", |b| b.iter(|| plain_step(&relu, black_box(x.clone()))));
+        group.bench_function("plain_gdn_bf16", |b| b.iter(|| plain_step(&net, black_box(x.clone()))));
+        cae_nn::set_bf16_products(false);
+    }
     let mut optim = caec_train::adam::FusedAdam::new(1e-8, Some(1.0)).init();
     let mut model = Some(net);
-    group.bench_function("step", |b| {
-        b.iter(|| {
-            let m = model.take().expect("model");
-            let x = data::batch(&images, batch, crop, &mut rng, &dev);
-            let out = m.forward(x.clone(), x, 1, false);
-            let grads = GradientsParams::from_grads((out.mse * lambda + out.bpp).backward(), &m);
-            model = Some(optim.step(1e-5, m, grads).project());
-        })
-    });
+    for (name, tiles) in [("step", false), ("step_bf16", true)] {
+        if tiles && !cae_nn::amx::available() {
+            continue;
+        }
+        cae_nn::set_bf16_products(tiles);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let m = model.take().expect("model");
+                let x = data::batch(&images, batch, crop, &mut rng, &dev);
+                let out = m.forward(x.clone(), x, 1, false);
+                let grads = GradientsParams::from_grads((out.mse * lambda + out.bpp).backward(), &m);
+                model = Some(optim.step(1e-5, m, grads).project());
+            })
+        });
+    }
+    cae_nn::set_bf16_products(false);
     group.finish();
 }
 

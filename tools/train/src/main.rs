@@ -96,6 +96,12 @@ struct Args {
     /// Where to train: flex (CPU), cuda or vulkan (each needs the cargo feature of that name).
     #[arg(long, default_value = "flex")]
     device: String,
+    /// The convolutions' products on flex: `bf16` runs them on the CPU's AMX tiles where it
+    /// has them (operands rounded to bf16, sums in f32; weights, Adam, GDN, the entropy models
+    /// and the loss stay f32 — mixed precision, as PyTorch's autocast), `f32` on the f32
+    /// kernels. Without AMX both are f32.
+    #[arg(long, default_value = "bf16", value_parser = ["bf16", "f32"])]
+    products: String,
     /// Write the loaded (downscaled) training images as PNGs into this folder and exit:
     /// a compact copy of the training set to carry to another machine.
     #[arg(long)]
@@ -151,6 +157,10 @@ fn main() -> Result<()> {
     std::fs::write(args.out.join("config.toml"), config.to_toml())?;
     std::fs::write(args.out.join("run.toml"), toml::to_string(&args)?)?;
 
+    cae_nn::set_bf16_products(args.products == "bf16");
+    if cae_nn::bf16_products() {
+        eprintln!("convolution products on the AMX tiles (bf16 operands, f32 sums)");
+    }
     let t0 = Instant::now();
     let images = data::load(&args.data, args.downscale, args.crop)?;
     eprintln!("loaded {} images in {:.1} s", images.len(), t0.elapsed().as_secs_f64());
