@@ -6,7 +6,9 @@
 //!
 //! - [`conv_batch`]: a convolution of a batch of channel-major f32 maps (the forward pass of a
 //!   convolution, and the input gradient of a transposed convolution), through
-//!   [`crate::amx::conv`];
+//!   [`crate::amx::conv_rows`];
+//! - [`conv_transpose_batch`]: a transposed convolution (the forward pass of one, and the
+//!   input gradient of a convolution) as stride² stride-1 convolutions, one per output phase;
 //! - [`weight_grad`]: the weight gradient of both, a product whose sums run over the pixels:
 //!   an A tile is 16 input channels x 32 output pixels of one tap (the input split into its
 //!   stride² phases, channel-major, so that a tap is an address), a B tile 16 pairs of pixels x
@@ -30,6 +32,12 @@ pub fn set_bf16_products(on: bool) {
 /// Whether training's products run on the tiles: asked for, and AMX available.
 pub fn bf16_products() -> bool {
     BF16_PRODUCTS.load(Ordering::Relaxed) && amx::available()
+}
+
+/// `product()` (one of this module's products) where training asked for bf16 products;
+/// `None` otherwise or where the product's shapes do not suit the tiles.
+pub(crate) fn if_asked<T>(product: impl FnOnce() -> Option<T>) -> Option<T> {
+    bf16_products().then(product).flatten()
 }
 
 /// A `k` x `k` convolution at `stride` with `pad` pixels of zero padding of a batch `x`

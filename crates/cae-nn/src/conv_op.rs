@@ -85,10 +85,7 @@ impl Backward<Flex, 3> for ConvBackward {
         }
         if let Some(node) = node_w {
             let (small, big) = if transposed { ((slice(&x), x_dims), (dy, y_dims)) } else { ((dy, y_dims), (slice(&x), x_dims)) };
-            let tiles = || crate::amx_train::weight_grad(small.0, small.1, big.0, big.1, g.k, g.stride, g.pad);
-            let dw = crate::amx_train::bf16_products()
-                .then(tiles)
-                .flatten()
+            let dw = crate::amx_train::if_asked(|| crate::amx_train::weight_grad(small.0, small.1, big.0, big.1, g.k, g.stride, g.pad))
                 .unwrap_or_else(|| weight_grad(small.0, small.1, big.0, big.1, g.k, g.stride, g.pad));
             grads.register::<Flex>(node.id, tensor(dw, &w_dims));
         }
@@ -102,18 +99,14 @@ impl Backward<Flex, 3> for ConvBackward {
 /// training asked for bf16 products ([`crate::set_bf16_products`]) and the shapes suit them,
 /// else the f32 kernels.
 fn forward_conv(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, g: Geometry, relu: bool) -> (Vec<f32>, [usize; 4]) {
-    let tiles = || crate::amx_train::conv_batch(x, dims, weight, bias, c_out, g.k, g.stride, g.pad, relu);
-    crate::amx_train::bf16_products()
-        .then(tiles)
-        .flatten()
+    crate::amx_train::if_asked(|| crate::amx_train::conv_batch(x, dims, weight, bias, c_out, g.k, g.stride, g.pad, relu))
         .unwrap_or_else(|| conv2d_relu(x, dims, weight, bias, c_out, g.k, g.stride, g.pad, relu))
 }
 
 /// A transposed convolution on the AMX tiles, where training asked for bf16 products and the
 /// shapes suit them; `None` otherwise.
 fn tiles_transposed(x: &[f32], dims: [usize; 4], weight: &[f32], bias: Option<&[f32]>, c_out: usize, g: Geometry, relu: bool) -> Option<(Vec<f32>, [usize; 4])> {
-    let tiles = || crate::amx_train::conv_transpose_batch(x, dims, weight, bias, c_out, g.k, g.stride, g.pad, g.pad_out, relu);
-    crate::amx_train::bf16_products().then(tiles).flatten()
+    crate::amx_train::if_asked(|| crate::amx_train::conv_transpose_batch(x, dims, weight, bias, c_out, g.k, g.stride, g.pad, g.pad_out, relu))
 }
 
 /// Values per piece of the parallel element-wise passes.
