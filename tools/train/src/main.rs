@@ -126,6 +126,10 @@ struct Args {
     /// model grows its code size without starting over.
     #[arg(long, requires = "resume")]
     resume_m: Option<usize>,
+    /// The hidden width N of the --resume checkpoint, when --n is larger: grown the same way
+    /// ("random in, zero out"; the old outputs unchanged), the hyper-latent z with it.
+    #[arg(long, requires = "resume")]
+    resume_n: Option<usize>,
     /// With --resume-m: the new channels' rate counts from 0 rising linearly to full weight
     /// over this many steps, so that they learn to carry something before they pay for it.
     /// (An option without a default, so that a run file written without it reads back.)
@@ -190,16 +194,21 @@ fn main() -> Result<()> {
     if let Some(path) = &args.resume {
         let old = args.resume_lambdas.clone().unwrap_or_else(|| config.lambdas.clone());
         let old_m = args.resume_m.unwrap_or(config.m);
-        let old_config = ModelConfig { lambdas: old.clone(), m: old_m, ..config.clone() };
-        old_config.validate().context("--resume-lambdas / --resume-m")?;
+        let old_n = args.resume_n.unwrap_or(config.n);
+        let old_config = ModelConfig { lambdas: old.clone(), m: old_m, n: old_n, ..config.clone() };
+        old_config.validate().context("--resume-lambdas / --resume-m / --resume-n")?;
         if old_m > config.m {
             bail!("--resume-m {old_m} is larger than --m {}: a latent can grow, not shrink", config.m);
         }
+        if old_n > config.n {
+            bail!("--resume-n {old_n} is larger than --n {}: a model can grow, not shrink", config.n);
+        }
         let (m, s) = net::load_checkpoint(net::Net::new(&old_config, &device), path)?;
         model = m;
-        if old_m != config.m {
-            model = model.widen_latent(&old_config, config.m, &device)?;
-            eprintln!("latent grown from M = {old_m} to M = {}", config.m);
+        if (old_m, old_n) != (config.m, config.n) {
+            let grown = ModelConfig { lambdas: old.clone(), ..config.clone() };
+            model = model.widen(&old_config, &grown, &device)?;
+            eprintln!("grown from N = {old_n}, M = {old_m} to N = {}, M = {}", config.n, config.m);
         }
         if old != config.lambdas {
             model.gains = model.gains.remap(&old, &config.lambdas, &device);

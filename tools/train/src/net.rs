@@ -117,16 +117,15 @@ impl Net {
         Output { mse, bpp }
     }
 
-    /// This model with its latent grown to `m_new` channels (see [`crate::widen`]); the new
-    /// weights come from a fresh initialisation on `device`.
-    pub fn widen_latent(&self, cfg: &ModelConfig, m_new: usize, device: &Device) -> Result<Net> {
-        let new_cfg = ModelConfig { m: m_new, ..cfg.clone() };
-        let fresh = Net::new(&new_cfg, device);
-        let params = crate::widen::widen_latent(&cae_nn::export_params(self), &cae_nn::export_params(&fresh), cfg.m, m_new)
-            .map_err(|e| anyhow::anyhow!("growing the latent: {e}"))?;
+    /// This model (configuration `cfg`) grown to `new_cfg`'s latent size M and hidden width N
+    /// (see [`crate::widen`]); the new weights come from a fresh initialisation on `device`.
+    pub fn widen(&self, cfg: &ModelConfig, new_cfg: &ModelConfig, device: &Device) -> Result<Net> {
+        let fresh = Net::new(new_cfg, device);
+        let params = crate::widen::widen(&cae_nn::export_params(self), &cae_nn::export_params(&fresh), cfg.m, new_cfg.m)
+            .map_err(|e| anyhow::anyhow!("growing the model: {e}"))?;
         let by_name = params.into_iter().map(|t| (t.name.clone(), t)).collect();
         let (net, missing) = cae_nn::import_params(fresh, &by_name);
-        anyhow::ensure!(missing.is_empty(), "growing the latent: no values for {missing:?}");
+        anyhow::ensure!(missing.is_empty(), "growing the model: no values for {missing:?}");
         Ok(net)
     }
 
@@ -240,7 +239,7 @@ mod tests {
         dev.seed(7);
         let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01, 0.02] };
         let old = Net::new(&cfg, &dev);
-        let new = old.widen_latent(&cfg, 16, &dev).unwrap();
+        let new = old.widen(&cfg, &ModelConfig { m: 16, ..cfg.clone() }, &dev).unwrap();
         let x = Tensor::<4>::random([1, 3, 64, 64], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
         let (y_old, y_new) = (old.gains.apply(old.g_a.forward(x.clone()), &[1]), new.gains.apply(new.g_a.forward(x), &[1]));
         assert_eq!(y_new.dims(), [1, 16, 4, 4]);
@@ -259,6 +258,40 @@ mod tests {
         assert_ne!(values(new.g_s.forward(ones)), values(old.g_s.forward(y_old)));
         // And it trains and exports like any model of that size.
         assert!(!new.export(&ModelConfig { m: 16, ..cfg }, &dev).is_empty());
+    }
+
+    #[test]
+    fn a_grown_hidden_width_leaves_the_codec_unchanged() {
+        let dev = Device::flex();
+        dev.seed(11);
+        let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01, 0.02] };
+        let wide = ModelConfig { n: 12, ..cfg.clone() };
+        let old = Net::new(&cfg, &dev);
+        let new = old.widen(&cfg, &wide, &dev).unwrap();
+        let x = Tensor::<4>::random([1, 3, 64, 64], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
+        let close = |a: Tensor<4>, b: Tensor<4>, what: &str| {
+            let (a, b) = (values(a), values(b));
+            assert_eq!(a.len(), b.len(), "{what}");
+            let spread = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+            let worst = a.iter().zip(&b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(worst <= 1e-5 * spread, "{what}: {worst} of {spread}");
+        };
+        // The same latent, the same hyper-latent on the old channels (the new ones are new),
+        // the same entropy parameters and the same image.
+        let (y_old, y_new) = (old.g_a.forward(x.clone()), new.g_a.forward(x));
+        close(y_new.clone(), y_old.clone(), "y");
+        let (z_old, z_new) = (old.h_a.forward(y_old.clone()), new.h_a.forward(y_new.clone()));
+        assert_eq!(z_new.dims()[1], 12);
+        close(z_new.clone().slice([0..1, 0..8]), z_old.clone(), "z");
+        // h_s reads the new z channels with zero weights: any values there change nothing.
+        let ((s_old, m_old), (s_new, m_new)) = (old.h_s.forward(z_old), new.h_s.forward(z_new));
+        close(s_new, s_old, "scales");
+        close(m_new, m_old, "means");
+        close(new.g_s.forward(y_new), old.g_s.forward(y_old), "image");
+        // The new hidden channels carry values (random in), and the model exports at its size.
+        let h: Vec<f32> = values(new.g_a.convs[0].forward(Tensor::ones([1, 3, 16, 16], &dev)).slice([0..1, 8..12]));
+        assert!(h.iter().any(|v| v.abs() > 1e-3));
+        assert!(!new.export(&wide, &dev).is_empty());
     }
 
     #[test]
