@@ -296,7 +296,7 @@ fn check_against_model(h: &Header, model: &Model) -> Result<()> {
         return bad(format!("padding {}x{} does not fit the model's stride {stride}", h.pad_right, h.pad_bottom));
     }
     let expect_y = (model.config.m as u64, ph / 16, pw / 16);
-    let expect_z = (model.config.n as u64, ph / 64, pw / 64);
+    let expect_z = (model.config.z_channels() as u64, ph / 64, pw / 64);
     let s = |s: LatentShape| (s.channels as u64, s.height as u64, s.width as u64);
     if s(h.y_shape) != expect_y || s(h.z_shape) != expect_z {
         return bad(format!("latent shapes {:?} / {:?} do not match the image size", h.y_shape, h.z_shape));

@@ -139,7 +139,7 @@ pub fn sample(model: &Model, width: u32, height: u32, quality: u8, seed: u64) ->
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut u = || rng.random_range(0..cae_entropy::TOTAL);
     let z_tables = model.z_tables.tables();
-    let z: Vec<i32> = (0..model.config.n * zh * zw).map(|i| z_tables[i / (zh * zw)].quantile(u())).collect();
+    let z: Vec<i32> = (0..model.config.z_channels() * zh * zw).map(|i| z_tables[i / (zh * zw)].quantile(u())).collect();
     let pred = model.hyper_synthesis.forward(&z, zh, zw);
     let y_tables = model.y_tables.tables();
     let y: Vec<i32> = pred.table.iter().map(|&t| y_tables[t as usize].quantile(u())).collect();

@@ -61,7 +61,7 @@ impl HyperSynthesis {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
         let mid = cfg.m * 3 / 2;
         HyperSynthesis {
-            up1: deconv(cfg.n, cfg.m, 5, device),
+            up1: deconv(cfg.z_channels(), cfg.m, 5, device),
             up2: deconv(cfg.m, mid, 5, device),
             out: conv(mid, 2 * cfg.m, 3, 1, device),
         }
@@ -95,7 +95,7 @@ impl HyperSynthesis {
         };
         IntHyperSynthesis {
             layers: vec![
-                layer("up1", IntConvKind::Up5x5, cfg.n, cfg.m),
+                layer("up1", IntConvKind::Up5x5, cfg.z_channels(), cfg.m),
                 layer("up2", IntConvKind::Up5x5, cfg.m, mid),
                 layer("out", IntConvKind::Same3x3, mid, 2 * cfg.m),
             ],
@@ -116,7 +116,7 @@ mod tests {
         let dev = Device::flex();
         dev.seed(6);
         for gdn in [true, false] {
-            let cfg = ModelConfig { n: 16, m: 32, kernel: 5, gdn, lambdas: vec![0.01] };
+            let cfg = ModelConfig { n: 16, m: 32, kernel: 5, gdn, lambdas: vec![0.01], hyper_n: None };
             let gs = Synthesis::new(&cfg, &dev);
             let y = Tensor::<4>::random([1, 32, 5, 7], burn::tensor::Distribution::Uniform(-2.0, 2.0), &dev);
             let mut want = y.clone();
@@ -138,7 +138,7 @@ mod tests {
     fn integer_hyper_synthesis_tracks_the_float_one() {
         let dev = Device::flex();
         dev.seed(3);
-        let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01] };
+        let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01], hyper_n: None };
         let hs = HyperSynthesis::new(&cfg, &dev);
         let (zh, zw) = (2, 3);
         let z: Vec<i32> = (0..8 * zh * zw).map(|i| (i as i32 % 7) - 3).collect();

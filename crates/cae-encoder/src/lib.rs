@@ -51,9 +51,9 @@ impl HyperAnalysis {
     pub fn new(cfg: &ModelConfig, device: &Device) -> Self {
         HyperAnalysis {
             convs: vec![
-                conv(cfg.m, cfg.n, 3, 1, device),
-                conv(cfg.n, cfg.n, 5, 2, device),
-                conv(cfg.n, cfg.n, 5, 2, device),
+                conv(cfg.m, cfg.z_channels(), 3, 1, device),
+                conv(cfg.z_channels(), cfg.z_channels(), 5, 2, device),
+                conv(cfg.z_channels(), cfg.z_channels(), 5, 2, device),
             ],
         }
     }
@@ -97,7 +97,7 @@ mod tests {
         let dev = Device::flex();
         dev.seed(5);
         for gdn in [true, false] {
-            let cfg = ModelConfig { n: 16, m: 32, kernel: 5, gdn, lambdas: vec![0.01] };
+            let cfg = ModelConfig { n: 16, m: 32, kernel: 5, gdn, lambdas: vec![0.01], hyper_n: None };
             let (ga, ha) = (Analysis::new(&cfg, &dev), HyperAnalysis::new(&cfg, &dev));
             let x = Tensor::<4>::random([1, 3, 72, 104], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
             let want = layer_by_layer(&ga, x.clone());
@@ -116,7 +116,7 @@ mod tests {
         let dev = Device::flex();
         dev.seed(6);
         for gdn in [true, false] {
-            let cfg = ModelConfig { n: 64, m: 96, kernel: 5, gdn, lambdas: vec![0.01] };
+            let cfg = ModelConfig { n: 64, m: 96, kernel: 5, gdn, lambdas: vec![0.01], hyper_n: None };
             let ga = Analysis::new(&cfg, &dev);
             let x = Tensor::<4>::random([1, 3, 64, 576], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
             let want = layer_by_layer(&ga, x.clone());
@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn shapes() {
         let dev = Device::flex();
-        let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01] };
+        let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01], hyper_n: None };
         let x = Tensor::<4>::zeros([1, 3, 128, 64], &dev);
         let y = Analysis::new(&cfg, &dev).forward(x);
         assert_eq!(y.dims(), [1, 12, 8, 4]);

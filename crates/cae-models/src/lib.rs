@@ -217,13 +217,13 @@ impl Model {
             IntHyperSynthesis { layers, scale_thresholds: longs(&map, "h_s.scale_thresholds")?.to_vec() };
         if !hyper_synthesis.validate()
             || hyper_synthesis.latent_channels() != config.m
-            || hyper_synthesis.layers[0].c_in != config.n
+            || hyper_synthesis.layers[0].c_in != config.z_channels()
         {
             return Err(ModelError::Invalid("integer hyper-synthesis does not match the config".into()));
         }
         let z_tables = read_tables(&map, "z_tables")?;
         let y_tables = read_tables(&map, "y_tables")?;
-        if z_tables.len() != config.n || y_tables.len() != hyper_synthesis.scale_thresholds.len() {
+        if z_tables.len() != config.z_channels() || y_tables.len() != hyper_synthesis.scale_thresholds.len() {
             return Err(ModelError::Invalid("table counts do not match the config".into()));
         }
         Ok(Model {

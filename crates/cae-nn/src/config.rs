@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Channels of the hidden layers and of the hyper-latent z.
+    /// Channels of the main transforms' hidden layers (and of the hyper-latent z unless
+    /// `hyper_n` is set).
     pub n: usize,
     /// Channels of the latent y (the code size per 16x16 block).
     pub m: usize,
@@ -16,6 +17,10 @@ pub struct ModelConfig {
     pub gdn: bool,
     /// One λ per quality level, ascending: loss = λ·255²·MSE + bpp.
     pub lambdas: Vec<f64>,
+    /// Channels of the hyper-latent z and of the hyper-analysis's hidden layers, when they
+    /// differ from `n` (a model whose main transforms grew while its hyperprior did not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hyper_n: Option<usize>,
 }
 
 fn default_kernel() -> usize {
@@ -37,6 +42,11 @@ pub enum ConfigError {
 }
 
 impl ModelConfig {
+    /// Channels of the hyper-latent z (and of h_a's hidden layers).
+    pub fn z_channels(&self) -> usize {
+        self.hyper_n.unwrap_or(self.n)
+    }
+
     /// Number of quality levels.
     pub fn levels(&self) -> usize {
         self.lambdas.len()
@@ -59,6 +69,9 @@ impl ModelConfig {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if !(1..=1024).contains(&self.n) || !(2..=1024).contains(&self.m) || self.m % 2 != 0 {
             return bad(format!("n = {}, m = {} (1..=1024, m even)", self.n, self.m));
+        }
+        if self.hyper_n.is_some_and(|h| !(1..=1024).contains(&h)) {
+            return bad(format!("hyper_n = {:?} (1..=1024)", self.hyper_n));
         }
         if self.kernel % 2 == 0 || !(3..=9).contains(&self.kernel) {
             return bad(format!("kernel = {} (odd, 3..=9)", self.kernel));

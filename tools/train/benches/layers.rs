@@ -28,7 +28,7 @@ use criterion::measurement::WallTime;
 use rand::SeedableRng;
 
 fn config() -> ModelConfig {
-    ModelConfig { n: 64, m: 96, kernel: 5, gdn: true, lambdas: vec![0.0035, 0.0067, 0.013, 0.025] }
+    ModelConfig { n: 64, m: 96, kernel: 5, gdn: true, lambdas: vec![0.0035, 0.0067, 0.013, 0.025], hyper_n: None }
 }
 
 /// Multiply-adds of a k x k convolution from `c_in` to `c_out` channels per output pixel.

@@ -79,7 +79,7 @@ impl Net {
             g_s: Synthesis::new(cfg, device),
             h_s: HyperSynthesis::new(cfg, device),
             gains: GainUnit::new(&cfg.lambdas, cfg.m, device),
-            density: FactorizedDensity::new(cfg.n, device),
+            density: FactorizedDensity::new(cfg.z_channels(), device),
         }
     }
 
@@ -237,7 +237,7 @@ mod tests {
     fn a_grown_latent_leaves_every_old_output_unchanged() {
         let dev = Device::flex();
         dev.seed(7);
-        let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01, 0.02] };
+        let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01, 0.02], hyper_n: None };
         let old = Net::new(&cfg, &dev);
         let new = old.widen(&cfg, &ModelConfig { m: 16, ..cfg.clone() }, &dev).unwrap();
         let x = Tensor::<4>::random([1, 3, 64, 64], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
@@ -264,34 +264,39 @@ mod tests {
     fn a_grown_hidden_width_leaves_the_codec_unchanged() {
         let dev = Device::flex();
         dev.seed(11);
-        let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01, 0.02] };
-        let wide = ModelConfig { n: 12, ..cfg.clone() };
-        let old = Net::new(&cfg, &dev);
-        let new = old.widen(&cfg, &wide, &dev).unwrap();
-        let x = Tensor::<4>::random([1, 3, 64, 64], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
-        let close = |a: Tensor<4>, b: Tensor<4>, what: &str| {
-            let (a, b) = (values(a), values(b));
-            assert_eq!(a.len(), b.len(), "{what}");
-            let spread = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-            let worst = a.iter().zip(&b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(worst <= 1e-5 * spread, "{what}: {worst} of {spread}");
-        };
-        // The same latent, the same hyper-latent on the old channels (the new ones are new),
-        // the same entropy parameters and the same image.
-        let (y_old, y_new) = (old.g_a.forward(x.clone()), new.g_a.forward(x));
-        close(y_new.clone(), y_old.clone(), "y");
-        let (z_old, z_new) = (old.h_a.forward(y_old.clone()), new.h_a.forward(y_new.clone()));
-        assert_eq!(z_new.dims()[1], 12);
-        close(z_new.clone().slice([0..1, 0..8]), z_old.clone(), "z");
-        // h_s reads the new z channels with zero weights: any values there change nothing.
-        let ((s_old, m_old), (s_new, m_new)) = (old.h_s.forward(z_old), new.h_s.forward(z_new));
-        close(s_new, s_old, "scales");
-        close(m_new, m_old, "means");
-        close(new.g_s.forward(y_new), old.g_s.forward(y_old), "image");
-        // The new hidden channels carry values (random in), and the model exports at its size.
-        let h: Vec<f32> = values(new.g_a.convs[0].forward(Tensor::ones([1, 3, 16, 16], &dev)).slice([0..1, 8..12]));
-        assert!(h.iter().any(|v| v.abs() > 1e-3));
-        assert!(!new.export(&wide, &dev).is_empty());
+        let cfg = ModelConfig { n: 8, m: 12, kernel: 5, gdn: true, lambdas: vec![0.01, 0.02], hyper_n: None };
+        // The hyperprior grown with N (z too), and kept at its size.
+        for hyper_n in [None, Some(8)] {
+            let wide = ModelConfig { n: 12, hyper_n, ..cfg.clone() };
+            let old = Net::new(&cfg, &dev);
+            let new = old.widen(&cfg, &wide, &dev).unwrap();
+            let x = Tensor::<4>::random([1, 3, 64, 64], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
+            let close = |a: Tensor<4>, b: Tensor<4>, what: &str| {
+                let (a, b) = (values(a), values(b));
+                assert_eq!(a.len(), b.len(), "{what}");
+                let spread = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+                let worst = a.iter().zip(&b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+                assert!(worst <= 1e-5 * spread, "{what}: {worst} of {spread}");
+            };
+            // The same latent, the same hyper-latent on the old channels (the new ones are new),
+            // the same entropy parameters and the same image.
+            let (y_old, y_new) = (old.g_a.forward(x.clone()), new.g_a.forward(x));
+            close(y_new.clone(), y_old.clone(), "y");
+            let (z_old, z_new) = (old.h_a.forward(y_old.clone()), new.h_a.forward(y_new.clone()));
+            assert_eq!(z_new.dims()[1], wide.z_channels());
+            close(z_new.clone().slice([0..1, 0..8]), z_old.clone(), "z");
+            // h_s reads the new z channels with zero weights: any values there change nothing.
+            let ((s_old, m_old), (s_new, m_new)) = (old.h_s.forward(z_old), new.h_s.forward(z_new));
+            close(s_new, s_old, "scales");
+            close(m_new, m_old, "means");
+            close(new.g_s.forward(y_new), old.g_s.forward(y_old), "image");
+            // The new hidden channels carry values (random in), and the model exports at its size.
+            let h: Vec<f32> = values(new.g_a.convs[0].forward(Tensor::ones([1, 3, 16, 16], &dev)).slice([0..1, 8..12]));
+            assert!(h.iter().any(|v| v.abs() > 1e-3));
+            let bytes = new.export(&wide, &dev);
+            let loaded = cae_models::Model::from_bytes("grown", &bytes, &dev).unwrap();
+            assert_eq!((loaded.config.n, loaded.config.z_channels()), (12, wide.z_channels()));
+        }
     }
 
     #[test]
@@ -309,7 +314,7 @@ mod tests {
     #[test]
     fn the_average_follows_the_parameters_by_its_decay() {
         let dev = Device::flex();
-        let cfg = ModelConfig { n: 4, m: 6, kernel: 5, gdn: true, lambdas: vec![0.01] };
+        let cfg = ModelConfig { n: 4, m: 6, kernel: 5, gdn: true, lambdas: vec![0.01], hyper_n: None };
         let mut ema = Ema::new(0.75);
         let (a, b) = (Net::new(&cfg, &dev), Net::new(&cfg, &dev));
         ema.update(&a);
