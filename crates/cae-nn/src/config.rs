@@ -85,3 +85,22 @@ impl ModelConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hyperprior_width_is_written_only_when_it_differs() {
+        let plain = ModelConfig { n: 64, m: 96, kernel: 5, gdn: true, lambdas: vec![0.01], hyper_n: None };
+        // Models written before the field existed read, and write, the same text (model ids
+        // hash it).
+        assert!(!plain.to_toml().contains("hyper_n"));
+        assert_eq!(ModelConfig::from_toml(&plain.to_toml()).unwrap(), plain);
+        assert_eq!(plain.z_channels(), 64);
+        let grown = ModelConfig { n: 128, hyper_n: Some(64), ..plain };
+        assert!(grown.to_toml().contains("hyper_n = 64"));
+        assert_eq!(ModelConfig::from_toml(&grown.to_toml()).unwrap().z_channels(), 64);
+        assert!(ModelConfig::from_toml(&grown.to_toml().replace("hyper_n = 64", "hyper_n = 0")).is_err());
+    }
+}
