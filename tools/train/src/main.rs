@@ -133,7 +133,7 @@ struct Args {
     #[arg(long, requires = "resume")]
     resume_m: Option<usize>,
     /// The hidden width N of the --resume checkpoint, when --n is larger: grown the same way
-    /// ("random in, zero out"; the old outputs unchanged), the hyper-latent z with it.
+    /// ("random in, zero out"; the old outputs unchanged); the hyperprior keeps its size.
     #[arg(long, requires = "resume")]
     resume_n: Option<usize>,
     /// With --resume-m: the new channels' rate counts from 0 rising linearly to full weight
