@@ -1,6 +1,6 @@
 //! Growing a trained model's latent from M to more channels, or its hidden width N (the main
-//! transforms' layers and the hyper-latent z), so that a run can resume with a larger model
-//! instead of starting over. A model whose every latent channel already
+//! transforms' layers, and the hyper-latent z unless the hyperprior keeps its size), so that
+//! a run can resume with a larger model instead of starting over. A model whose every latent channel already
 //! carries bits at every quality (as N = 64 / M = 96 does) saturates at high rates: more
 //! precision per channel cannot bring back what the projection to M channels dropped.
 //!
@@ -90,14 +90,14 @@ pub fn widen(old: &[NamedTensor], fresh: &[NamedTensor], m_old: usize, m_new: us
                     maps[a][idx[a]].is_none() && idx.iter().enumerate().all(|(b, &i)| b == a || maps[b][i].is_some())
                 })
             };
-            // The fresh values that become new outputs, rescaled to the trained values' RMS.
-            let mut fresh_new_outputs = Vec::new();
-            for_each_index(&f.shape, |flat, idx| {
-                if idx.iter().enumerate().any(|(a, &i)| maps[a][i].is_none()) && !is_new_input(idx) {
-                    fresh_new_outputs.push(f.values[flat]);
-                }
-            });
             let rescale = if input.is_some() && LATENT_OUTPUTS.iter().any(|p| f.name.starts_with(p)) {
+                // The fresh values that become new outputs, rescaled to the trained values' RMS.
+                let mut fresh_new_outputs = Vec::new();
+                for_each_index(&f.shape, |flat, idx| {
+                    if idx.iter().enumerate().any(|(a, &i)| maps[a][i].is_none()) && !is_new_input(idx) {
+                        fresh_new_outputs.push(f.values[flat]);
+                    }
+                });
                 let fresh_rms = rms(&fresh_new_outputs);
                 if fresh_rms > 0.0 { (rms(&o.values) / fresh_rms) as f32 } else { 1.0 }
             } else {
